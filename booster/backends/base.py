@@ -1,0 +1,114 @@
+"""What every backend provides: one small interface between the booster and a
+service manager.
+
+``prepare`` (as root, before the spawn) writes what the instance needs under
+the user's booster directory and returns a ``Launch``: the argv, the
+descriptors to pass, and how to wait for readiness.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+import shutil
+
+from booster.accounts import Account
+from common.config import Config
+
+
+class BackendError(Exception):
+    """The backend cannot work at all (a missing program): found at startup."""
+
+
+class StartError(Exception):
+    """The instance did not become ready; ``text`` says why."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    account: Account
+    config: Config
+    user_dir: str            # /run/booster/users/UID: root-owned, the booster's own
+    runtime_dir: str | None  # XDG_RUNTIME_DIR of the instance, when there is one
+    cgroup: str | None       # the instance's cgroup path below the cgroup2 mount, if any
+
+
+class Launch(abc.ABC):
+    """One start of one instance.  ``pass_fds`` maps a target descriptor number
+    in the instance to a descriptor of ours."""
+
+    argv: tuple[str, ...]
+    pass_fds: dict[int, int]
+
+    @abc.abstractmethod
+    async def wait_ready(self, loop, timeout: float) -> None:
+        """Return once the instance is ready; raise StartError or TimeoutError."""
+
+    def after_spawn(self) -> None:
+        """The instance has its copies of ``pass_fds``: drop ours where we must
+        (a pipe's write end, so that end-of-file can mean "died")."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release what this launch holds (descriptors), once the instance is gone."""
+
+
+class Backend(abc.ABC):
+    """A service manager.  What ``prepare`` writes lives in the user's booster
+    directory, which the booster removes as a whole after the instance stops."""
+
+    name: str
+    stop_signal: int  # asks the instance to stop its services and exit; also its parent-death signal
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Raise BackendError when this backend cannot run here (called at startup)."""
+
+    @abc.abstractmethod
+    def prepare(self, spec: InstanceSpec) -> Launch:
+        """Write what the instance needs; return how to launch it."""
+
+
+def resolve(command: str, config: Config, key: str) -> str:
+    """An absolute path for ``command``: as given when absolute, else searched in
+    the booster's PATH and the instances' ``path``."""
+    if command.startswith("/"):
+        if not os.access(command, os.X_OK):
+            raise BackendError(f"config key {key!r}: {command} is not an executable file")
+        return command
+    search = os.pathsep.join(p for p in (os.environ.get("PATH", ""), config.path) if p)
+    found = shutil.which(command, path=search)
+    if found is None:
+        raise BackendError(f"config key {key!r}: {command!r} not found in {search}")
+    return os.path.abspath(found)
+
+
+async def read_until(loop, fd: int, stop: bytes, limit: int, timeout: float) -> bytes | None:
+    """Read ``fd`` (non-blocking) until ``stop`` appears; the bytes before it, or
+    None at end-of-file first.  Raises TimeoutError, or StartError past ``limit``."""
+    buf = bytearray()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            woke = loop.create_future()
+            loop.add_reader(fd, lambda: woke.done() or woke.set_result(None))
+            timer = loop.call_later(remaining, lambda: woke.done() or woke.set_result(None))
+            try:
+                await woke
+            finally:
+                timer.cancel()
+                loop.remove_reader(fd)
+            continue
+        if not chunk:
+            return None
+        buf += chunk
+        if stop in buf:
+            return bytes(buf[:buf.index(stop)])
+        if len(buf) > limit:
+            raise StartError(f"readiness message longer than {limit} bytes")

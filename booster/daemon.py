@@ -1,0 +1,433 @@
+"""The booster daemon: ``startup``, ``main_loop``, ``shutdown``; it owns all state.
+
+One event loop.  Signal handlers only record (``loop.add_signal_handler``);
+the loop does the work.  The state under ``state_dir`` (a lock, ``state.json``
+and one directory per user) lets a booster started after a crash find and
+clean what the previous one left before it serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import signal
+import socket
+import time
+
+import psutil
+
+from booster import log, rundir
+from booster.accounts import Account
+from booster.backends.base import Backend
+from booster.backends.dinit import DinitBackend
+from booster.backends.runit import RunitBackend
+from booster.cgroups import CgroupTree
+from booster.leaders import make_watcher
+from booster.peers import identify_leader, still_parent
+from booster.pool import WarmPool
+from booster.reaper import Reaper
+from booster.server import ClientConnection, Listener, Refused
+from booster.users import KILL_GRACE, Session, UserInstance
+from common import protocol as p
+from common.config import Config
+
+SHUTDOWN_MARGIN = 3.0  # seconds beyond stop_timeout for the whole shutdown
+
+
+def make_backend(config: Config) -> Backend:
+    return {"dinit": DinitBackend, "runit": RunitBackend}[config.backend](config)
+
+
+class StartupError(Exception):
+    pass
+
+
+class Booster:
+    def __init__(self, config: Config, ready_fd: int | None = None) -> None:
+        self.config = config
+        self.backend = make_backend(config)
+        self.users: dict[int, UserInstance] = {}
+        self.sessions: dict[int, Session] = {}
+        self.connections: set[ClientConnection] = set()
+        self._conn_tasks: set[asyncio.Task] = set()
+        self._next_session = 1
+        self._stop = asyncio.Event()
+        self._stop_signal: int | None = None
+        self._state_pending = False
+        self._lock_fd: int | None = None
+        self._ready_fd = ready_fd
+        self.cgroups: CgroupTree | None = None
+        self._log = log.get("booster")
+        self.loop = asyncio.get_running_loop()
+        self.reaper = Reaper(self.loop)
+        self.pool = WarmPool(config.pool_size, self.reaper, self.loop)
+        self.leaders = None
+        self.listener = Listener(self, config.socket)
+
+    @property
+    def state_path(self) -> str:
+        return os.path.join(self.config.state_dir, "state.json")
+
+    # --- startup ----------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        try:
+            self.backend.check()
+        except Exception as exc:  # BackendError
+            raise StartupError(str(exc)) from None
+        os.makedirs(self.config.state_dir, mode=0o755, exist_ok=True)
+        self._take_lock()
+        self.cgroups = CgroupTree.discover(self.config.cgroup, self.config.state_dir)
+        await self._clean_previous()
+        self.leaders = make_watcher(self.config.leader_watch, self.loop)
+        self.reaper.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._record_stop, sig)
+        self.loop.add_signal_handler(signal.SIGHUP, self._record_hup)
+        self.pool.fill()
+        try:
+            self.listener.open()
+        except (OSError, RuntimeError) as exc:
+            raise StartupError(f"cannot listen on {self.config.socket}: {exc}") from None
+        self.write_state()
+        self._log.info("serving", socket=self.config.socket, backend=self.backend.name,
+                       pool_size=self.config.pool_size, cgroup=self.cgroups.base if self.cgroups else "off",
+                       leader_watch=self.leaders.kind)
+        self._notify_ready()
+
+    def _take_lock(self) -> None:
+        path = os.path.join(self.config.state_dir, "booster.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StartupError(f"another booster is running with state_dir {self.config.state_dir}") from None
+        self._lock_fd = fd
+
+    def _notify_ready(self) -> None:
+        """Tell a supervisor we serve: dinit's ready fd, or systemd's NOTIFY_SOCKET."""
+        if self._ready_fd is not None:
+            try:
+                os.write(self._ready_fd, b"ready\n")
+                os.close(self._ready_fd)
+            except OSError as exc:
+                self._log.warning("cannot write the ready descriptor", error=exc.strerror)
+            self._ready_fd = None
+        target = os.environ.pop("NOTIFY_SOCKET", None)
+        if target:
+            address = "\0" + target[1:] if target.startswith("@") else target
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                try:
+                    sock.sendto(b"READY=1", address)
+                except OSError as exc:
+                    self._log.warning("cannot notify systemd", error=exc.strerror)
+
+    async def _clean_previous(self) -> None:
+        """End what a booster that died left behind: processes, runtime
+        directories, per-user directories, its state file."""
+        try:
+            with open(self.state_path) as fh:
+                old = json.load(fh)
+        except FileNotFoundError:
+            old = None
+        except (OSError, ValueError) as exc:
+            self._log.warning("unreadable state file ignored", path=self.state_path, error=str(exc))
+            old = None
+        killed = []
+        if old:
+            for entry in old.get("instances", []) + old.get("warm", []):
+                pid, started = entry.get("pid"), entry.get("started")
+                if pid and _same_process(pid, started):
+                    killed += _kill_tree(pid)
+        if self.cgroups is not None:
+            for path in self.cgroups.leftovers():
+                if self.cgroups.populated(path):
+                    killed += self.cgroups.pids(path)
+                    self.cgroups.kill(path)
+                    await self.cgroups.wait_empty(path, KILL_GRACE, self.loop)
+                self.cgroups.remove(path)
+        removed = []
+        for entry in (old or {}).get("instances", []):
+            path, uid = entry.get("rundir"), entry.get("uid")
+            if path and uid is not None and os.path.lexists(path):
+                rundir.remove(path, uid)
+                removed.append(path)
+        users_dir = os.path.join(self.config.state_dir, "users")
+        if os.path.lexists(users_dir):
+            rundir.remove(users_dir, 0)
+        if old is not None or killed or removed:
+            self._log.warning("cleaned up after a previous booster", previous_pid=(old or {}).get("pid"),
+                              killed=killed, removed=removed)
+        try:
+            os.unlink(self.state_path)
+        except FileNotFoundError:
+            pass
+
+    # --- state file ------------------------------------------------------------------
+
+    def state_changed(self) -> None:
+        if not self._state_pending:
+            self._state_pending = True
+            self.loop.call_soon(self.write_state)
+
+    def write_state(self) -> None:
+        self._state_pending = False
+        instances = []
+        for user in self.users.values():
+            proc = user.process
+            instances.append({
+                "uid": user.account.uid, "user": user.account.name, "state": user.state.value,
+                "pid": proc.pid if proc else None, "started": proc.create_time if proc else None,
+                "rundir": user.managed_rundir,
+            })
+        warm = [{"pid": pid, "started": _create_time(pid)} for pid in self.pool.pids()]
+        state = {"pid": os.getpid(), "started": _create_time(os.getpid()), "backend": self.backend.name,
+                 "cgroup": self.cgroups.base if self.cgroups else None,
+                 "instances": instances, "warm": warm}
+        tmp = self.state_path + ".tmp"
+        try:
+            with open(tmp, "w") as fh:
+                json.dump(state, fh, indent=1)
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            self._log.error("cannot write the state file", path=self.state_path, error=exc.strerror)
+
+    # --- connections and sessions ---------------------------------------------------------
+
+    def add_connection(self, sock: socket.socket) -> None:
+        if self._stop.is_set() or len(self.connections) >= self.config.max_connections:
+            self._log.warning("connection refused", reason="stopping" if self._stop.is_set() else "too many",
+                              limit=self.config.max_connections)
+            sock.close()
+            return
+        try:
+            conn = ClientConnection(self, sock)
+        except OSError:
+            sock.close()
+            return
+        self.connections.add(conn)
+        task = self.loop.create_task(conn.run())
+        self._conn_tasks.add(task)
+        task.add_done_callback(self._conn_tasks.discard)
+
+    def connection_done(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+
+    def open_session(self, account: Account, req: p.OpenSession, leader: int, hello: p.Hello,
+                     conn: ClientConnection | None, peer_pid: int) -> Session:
+        if self._stop.is_set():
+            raise Refused(p.ErrorCode.SHUTTING_DOWN, "the booster is stopping")
+        user = self.users.get(account.uid)
+        if user is not None and len(user.sessions) >= self.config.max_sessions_per_user:
+            raise Refused(p.ErrorCode.LIMIT_REACHED,
+                          f"{account.name} has {len(user.sessions)} sessions (max_sessions_per_user)")
+        session = Session(
+            id=self._next_session, user=None, service=req.service, tty=req.tty, rhost=req.rhost,
+            ruser=req.ruser, leader_pid=leader, client_leader_pid=req.leader_pid,
+            client_pidns=hello.pidns, bound=conn is not None, ready=self.loop.create_future(), conn=conn,
+        )
+        if leader:
+            try:
+                session.watch = self.leaders.watch(leader, lambda: self._leader_exited(session))
+            except ProcessLookupError:
+                raise Refused(p.ErrorCode.LEADER_UNKNOWN, f"the session leader {leader} is gone") from None
+            if not still_parent(peer_pid, leader):
+                session.watch.cancel()
+                raise Refused(p.ErrorCode.LEADER_UNKNOWN, "the session leader changed while it was identified")
+        self._next_session += 1
+        if user is None:
+            user = self.users[account.uid] = UserInstance(
+                self, account, req.runtime_dir, bool(req.flags & p.OpenFlags.NO_RUNDIR))
+        session.user = user
+        self.sessions[session.id] = session
+        session.ready.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+        user.add_session(session)
+        self._log.info("session opened", user=account.name, session=session.id, service=req.service,
+                       tty=req.tty, rhost=req.rhost, leader=leader, bound=session.bound)
+        return session
+
+    def find_session(self, req: p.CloseSession, peer_pid: int, hello: p.Hello) -> Session | None:
+        if req.session_id:
+            session = self.sessions.get(req.session_id)
+            return session if session is not None and session.user.account.name == req.user else None
+        leader = identify_leader(peer_pid, req.leader_pid)
+        candidates = [
+            s for s in self.sessions.values()
+            if s.user.account.name == req.user and (
+                (leader is not None and s.leader_pid == leader)
+                or (s.leader_pid == 0 and s.client_pidns == hello.pidns and s.client_leader_pid == req.leader_pid))
+        ]
+        return max(candidates, key=lambda s: s.id) if candidates else None
+
+    def end_session(self, session: Session, reason: p.EndReason | None, failure=None) -> None:
+        """End ``session`` (idempotent).  A bound connection is told with ENDED
+        unless ``reason`` is None (its own connection is ending it)."""
+        if session.ended:
+            return
+        session.ended = True
+        if session.watch is not None:
+            session.watch.cancel()
+        self.sessions.pop(session.id, None)
+        if not session.ready.done():
+            session.ready.cancel()
+        if session.conn is not None and reason is not None:
+            status = getattr(failure, "status", None)
+            session.conn.session_ended(p.Ended(
+                session_id=session.id, reason=int(reason),
+                exit_status=-1 if status is None or status.code is None else status.code,
+                signal=0 if status is None or status.signal is None else status.signal,
+                text=(getattr(failure, "text", "") or reason.name.lower().replace("_", " "))[:1024],
+            ))
+        self._log.info("session ended", user=session.user.account.name, session=session.id,
+                       reason=reason.name if reason is not None else "connection")
+        session.user.remove_session(session)
+
+    def _leader_exited(self, session: Session) -> None:
+        self._log.info("session leader exited", session=session.id, leader=session.leader_pid)
+        self.end_session(session, p.EndReason.LEADER_EXITED)
+
+    def user_gone(self, user: UserInstance) -> None:
+        if self.users.get(user.account.uid) is user:
+            del self.users[user.account.uid]
+        self.state_changed()
+
+    async def end_adopted(self, uid: int, timeout: float) -> None:
+        """Without a cgroup: end the processes of ``uid`` that were re-parented to
+        the booster (what an instance of that user left behind), TERM then KILL."""
+        deadline = self.loop.time() + timeout
+        signalled: set[int] = set()
+        while True:
+            known = {u.process.pid for u in self.users.values() if u.process is not None} | set(self.pool.pids())
+            try:
+                left = [c for c in psutil.Process().children(recursive=True)
+                        if c.pid not in known and c.uids().real == uid]
+            except psutil.Error:
+                left = []
+            if not left:
+                return
+            final = self.loop.time() >= deadline
+            for proc in left:
+                if final or proc.pid not in signalled:
+                    try:
+                        proc.send_signal(signal.SIGKILL if final else signal.SIGTERM)
+                    except psutil.Error:
+                        pass
+                    signalled.add(proc.pid)
+            woke = self.loop.create_future()
+            handles = []
+            for proc in left:
+                try:
+                    handles.append(self.leaders.watch(proc.pid, lambda: woke.done() or woke.set_result(None)))
+                except ProcessLookupError:
+                    woke.done() or woke.set_result(None)
+            try:
+                await asyncio.wait_for(woke, KILL_GRACE if final else max(0.01, deadline - self.loop.time()))
+            except asyncio.TimeoutError:
+                if final:
+                    return
+            finally:
+                for handle in handles:
+                    handle.cancel()
+
+    # --- main loop and shutdown -------------------------------------------------------------
+
+    def _record_stop(self, sig: int) -> None:
+        self._stop_signal = sig
+        self._stop.set()
+
+    def _record_hup(self) -> None:
+        self._log.info("SIGHUP ignored: restart the booster to load a changed config")
+
+    async def main_loop(self) -> None:
+        await self._stop.wait()
+        self._log.info("stopping", signal=signal.Signals(self._stop_signal).name if self._stop_signal else None)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def shutdown(self) -> None:
+        started = time.monotonic()
+        self._stop.set()
+        self.listener.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        for user in list(self.users.values()):
+            user.shutdown()
+        tasks = [u.task for u in self.users.values() if u.task is not None] + list(self._conn_tasks)
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=self.config.stop_timeout + SHUTDOWN_MARGIN)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self._log.error("shutdown overran its bound", pending=len(pending))
+        await self.pool.close(KILL_GRACE)
+        if self.leaders is not None:
+            self.leaders.close()
+        self.reaper.reap()
+        self.reaper.stop()
+        try:
+            os.unlink(self.state_path)
+        except FileNotFoundError:
+            pass
+        rundir.remove(os.path.join(self.config.state_dir, "users"), 0)
+        if self.cgroups is not None:
+            self.cgroups.remove(self.cgroups.base)
+        self._release_lock()
+        self._log.info("stopped", seconds=round(time.monotonic() - started, 3))
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            try:
+                os.unlink(os.path.join(self.config.state_dir, "booster.lock"))
+            except FileNotFoundError:
+                pass
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        try:
+            os.rmdir(self.config.state_dir)
+        except OSError:
+            pass  # not empty (something of the admin's is in it): leave it
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _same_process(pid: int, started) -> bool:
+    return started is not None and _create_time(pid) == started
+
+
+def _kill_tree(pid: int) -> list[int]:
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.Error:
+        return []
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    return [proc.pid for proc in procs]
+
+
+async def serve(config: Config, ready_fd: int | None = None) -> int:
+    booster = Booster(config, ready_fd)
+    try:
+        await booster.startup()
+    except StartupError as exc:
+        booster._log.error("cannot start", reason=str(exc))
+        booster.listener.close()
+        booster._release_lock()
+        return 1
+    try:
+        await booster.main_loop()
+    finally:
+        await booster.shutdown()
+    return 0

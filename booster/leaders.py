@@ -1,0 +1,183 @@
+"""Watching PAM application processes, which the booster did not start.
+
+A session ends when its leader (the PAM application) dies.  The booster is
+told by the kernel, never by polling and never with signals: through a pidfd
+(Linux 5.3+), or, where pidfds are missing (older kernels, such as those of
+long-term enterprise distributions), through the proc connector's exit
+events, read with pyroute2's message classes on our own non-blocking socket.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import socket
+from typing import Callable
+
+from booster import log
+
+_NETLINK_CONNECTOR = 11
+
+
+class Watch:
+    """A handle: ``cancel()`` stops watching."""
+
+    def __init__(self, watcher: "LeaderWatcher", pid: int, callback: Callable[[], None]) -> None:
+        self.watcher, self.pid, self.callback = watcher, pid, callback
+        self.active = True
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            self.watcher._cancel(self)
+
+    def fire(self) -> None:
+        if self.active:
+            self.active = False
+            self.watcher._cancel(self)
+            self.callback()
+
+
+class LeaderWatcher(abc.ABC):
+    kind: str
+
+    @abc.abstractmethod
+    def watch(self, pid: int, callback: Callable[[], None]) -> Watch:
+        """Call ``callback`` once, from the event loop, when ``pid`` has exited
+        (at once if it is already gone).  Raises ProcessLookupError if there is
+        no such process at all."""
+
+    @abc.abstractmethod
+    def _cancel(self, handle: Watch) -> None:
+        """Stop watching for ``handle``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop watching anything."""
+
+
+class PidfdWatcher(LeaderWatcher):
+    kind = "pidfd"
+
+    def __init__(self, loop) -> None:
+        self._loop = loop
+        self._fds: dict[Watch, int] = {}
+
+    def watch(self, pid: int, callback: Callable[[], None]) -> Watch:
+        fd = os.pidfd_open(pid)
+        os.set_inheritable(fd, False)
+        handle = Watch(self, pid, callback)
+        self._fds[handle] = fd
+        self._loop.add_reader(fd, handle.fire)
+        return handle
+
+    def _cancel(self, handle: Watch) -> None:
+        fd = self._fds.pop(handle, None)
+        if fd is not None:
+            self._loop.remove_reader(fd)
+            os.close(fd)
+
+    def close(self) -> None:
+        for handle in list(self._fds):
+            handle.cancel()
+
+
+class ProcConnectorWatcher(LeaderWatcher):
+    kind = "proc-connector"
+
+    def __init__(self, loop) -> None:
+        from pyroute2.netlink import NLMSG_DONE
+        from pyroute2.netlink.connector.cn_proc import (
+            CN_IDX_PROC, CN_VAL_PROC, PROC_CN_MCAST_LISTEN, ProcEventMarshal, proc_event_control,
+        )
+
+        self._loop = loop
+        self._marshal = ProcEventMarshal()
+        self._by_pid: dict[int, set[Watch]] = {}
+        self._log = log.get("leaders")
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                             _NETLINK_CONNECTOR)
+        try:
+            sock.bind((0, CN_IDX_PROC))
+            msg = proc_event_control()
+            msg["header"]["type"] = NLMSG_DONE
+            msg["header"]["pid"] = sock.getsockname()[0]
+            msg["action"] = PROC_CN_MCAST_LISTEN
+            msg["idx"], msg["val"], msg["len"] = CN_IDX_PROC, CN_VAL_PROC, 4
+            msg.encode()
+            sock.send(msg.data)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        loop.add_reader(sock.fileno(), self._on_readable)
+
+    def watch(self, pid: int, callback: Callable[[], None]) -> Watch:
+        handle = Watch(self, pid, callback)
+        self._by_pid.setdefault(pid, set()).add(handle)
+        # Subscribed first, checked second: an exit in between is not missed.
+        try:
+            os.kill(pid, 0)
+            alive = _state(pid) != "Z"
+        except ProcessLookupError:
+            handle.cancel()
+            raise
+        except PermissionError:
+            alive = True
+        if not alive:
+            self._loop.call_soon(handle.fire)
+        return handle
+
+    def _cancel(self, handle: Watch) -> None:
+        handles = self._by_pid.get(handle.pid)
+        if handles is not None:
+            handles.discard(handle)
+            if not handles:
+                del self._by_pid[handle.pid]
+
+    def _on_readable(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError as exc:  # ENOBUFS: events were lost; check every watched pid
+                self._log.warning("proc connector overrun", error=exc.strerror)
+                for pid in list(self._by_pid):
+                    if not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z":
+                        self._exited(pid)
+                continue
+            for event in self._marshal.parse(data):
+                if event.get("event") == "PROC_EVENT_EXIT":
+                    pid = event.get("process_pid")
+                    if pid == event.get("process_tgid"):
+                        self._exited(pid)
+
+    def _exited(self, pid: int) -> None:
+        for handle in list(self._by_pid.get(pid, ())):
+            handle.fire()
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._by_pid.clear()
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return None
+
+
+def make_watcher(kind: str, loop) -> LeaderWatcher:
+    """``auto`` takes pidfds where the kernel has them, else the proc connector."""
+    if kind in ("auto", "pidfd"):
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+            return PidfdWatcher(loop)
+        except (AttributeError, OSError):
+            if kind == "pidfd":
+                raise
+    return ProcConnectorWatcher(loop)
