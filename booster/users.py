@@ -376,7 +376,13 @@ class UserInstance:
                 raise StartFailed(f"instance not ready within login_timeout ({self.config.login_timeout:g} s)",
                                   code=ErrorCode.TIMEOUT) from None
             except StartError as exc:
-                raise StartFailed(str(exc)) from None
+                # A broken readiness channel usually means the instance is dying:
+                # report how it ended when that comes within moments.
+                status = await _bounded(proc.exited, KILL_GRACE)
+                if status is None:
+                    raise StartFailed(str(exc)) from None
+                raise StartFailed(f"instance {status} before it was ready ({exc})",
+                                  final=status.code in NO_RETRY_CODES, status=status) from None
             if not proc.alive:  # "ready, then exit" is a failed start too
                 raise StartFailed(f"instance {proc.exited.result()} right after readiness")
         except BaseException:

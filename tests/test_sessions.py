@@ -1,0 +1,197 @@
+"""Sessions through real PAM stacks (pam_exec): spawn, share, stop, leader death,
+a booster that is not running, non-root clients, supervision, timeouts.
+
+Every test runs on each backend: runit (Debian) and dinit (where present).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import pamkit
+from conftest import INVOKER, exec_service, install_autostart, instance_of, wait_gone
+from common import protocol as p
+from invoker.client import Client, Refused
+
+
+def service_procs(user, command="sleep"):
+    return [q for q in pamkit.procs_of_uid(user.uid, zombies=False) if q.name() == command]
+
+
+def test_first_login_spawns_instance_as_the_user(booster_factory, backend, user):
+    b = booster_factory(backend)
+    with exec_service(b) as svc, pamkit.HeldSession(svc, user.name) as held:
+        pid = instance_of(b, user.name)
+        assert pid, b.log()
+        status = pamkit.proc_status(pid)
+        assert status.ints("Uid") == [user.uid] * 4
+        assert status.ints("Gid") == [user.gid] * 4
+        assert sorted(status.ints("Groups")) == sorted(user.all_gids)
+        assert status.cap("CapEff") == 0 and status.cap("CapPrm") == 0
+        # The autostart service is up before the login proceeds, as the user.
+        sleeps = service_procs(user)
+        assert len(sleeps) == 1, pamkit.describe_procs(pamkit.procs_of_uid(user.uid))
+        assert pamkit.proc_status(sleeps[0].pid).ints("Uid") == [user.uid] * 4
+        assert b.user(user.name)["state"] == "ready"
+        held.close()
+    wait_gone(user.uid)
+    assert b.user(user.name) is None
+
+
+def test_sessions_share_one_instance_and_the_last_close_stops_it(booster_factory, backend, user):
+    b = booster_factory(backend)
+    with exec_service(b) as svc, pamkit.HeldSession(svc, user.name) as first, \
+            pamkit.HeldSession(svc, user.name) as second:
+        pid = instance_of(b, user.name)
+        assert instance_of(b, user.name) == pid
+        assert b.user(user.name)["sessions"] == 2
+        first.close()
+        assert instance_of(b, user.name) == pid
+        assert b.user(user.name)["sessions"] == 1
+        assert len(service_procs(user)) == 1
+        second.close()
+        wait_gone(user.uid)
+    assert b.user(user.name) is None
+    assert not os.path.exists(b.rundir(user.uid))
+
+
+def test_pamtester_open_and_close_in_one_go(booster_factory, backend, user):
+    b = booster_factory(backend)
+    with exec_service(b) as svc:
+        out = pamkit.pamtester(svc, user.name, "open_session", "close_session")
+        assert out.returncode == 0, out.stderr
+    wait_gone(user.uid)
+    assert "session closed" in b.log() and "instance stopped" in b.log()
+
+
+def test_pam_application_killed_ends_its_session(booster_factory, backend, user):
+    b = booster_factory(backend)
+    with exec_service(b) as svc, pamkit.HeldSession(svc, user.name) as held:
+        assert instance_of(b, user.name)
+        held.kill(signal.SIGKILL)  # close_session never runs
+        wait_gone(user.uid)
+    assert "session leader exited" in b.log()
+    assert b.user(user.name) is None
+
+
+def test_login_goes_on_when_the_booster_is_not_running(booster_factory, backend, user):
+    b = booster_factory(backend, start=False)  # its socket path does not exist
+    with exec_service(b) as svc:
+        started = time.monotonic()
+        out = pamkit.pamtester(svc, user.name, "open_session", "close_session")
+        elapsed = time.monotonic() - started
+    assert out.returncode == 0, out.stderr
+    # Two invoker runs (open and close); each must give up at once.  The 100 ms
+    # budget per run is measured in bench/; here only a generous bound.
+    assert elapsed < 2.0
+    # The invoker says so in one line (pam_exec gives it /dev/null: run it directly).
+    direct = subprocess.run([INVOKER, "--socket", b.socket], capture_output=True, text=True, timeout=5,
+                            env={"PAM_TYPE": "open_session", "PAM_USER": user.name})
+    assert direct.returncode == 0
+    lines = direct.stderr.strip().splitlines()
+    assert len(lines) == 1 and "booster not running" in lines[0], direct.stderr
+
+
+def test_non_root_client_cannot_open_or_close(booster_factory, backend, user):
+    b = booster_factory(backend)
+    script = (
+        "import os, sys\n"
+        "from invoker.client import Client, Refused\n"
+        "from common import protocol as p\n"
+        "c = Client(sys.argv[1], 'test').connect(timeout=2)\n"
+        "try:\n"
+        "    c.open_session(sys.argv[2], leader_pid=os.getpid(), flags=int(p.OpenFlags.KEEP_CONNECTION))\n"
+        "except Refused as e:\n"
+        "    print('open', e.code)\n"
+        "c.close()\n"
+        "c = Client(sys.argv[1], 'test').connect(timeout=2)\n"
+        "try:\n"
+        "    c.close_session(sys.argv[2], leader_pid=os.getppid())\n"
+        "except Refused as e:\n"
+        "    print('close', e.code)\n"
+        "print('eof' if c.sock.recv(1) == b'' else 'open')\n"
+    )
+    out = subprocess.run([pamkit.RUNUSER, "-u", user.name, "--", pamkit.sys.executable, "-c", script, b.socket,
+                          user.name], capture_output=True, text=True, timeout=20,
+                         env={"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "PATH": "/usr/bin:/bin"},
+                         cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["open", str(int(p.ErrorCode.NOT_PERMITTED)),
+                                  "close", str(int(p.ErrorCode.NOT_PERMITTED)), "eof"], out.stdout
+    assert b.user(user.name) is None  # nothing was started
+    assert pamkit.procs_of_uid(user.uid, zombies=False) == []
+
+
+def test_killed_instance_is_started_again(booster_factory, backend, user):
+    b = booster_factory(backend)
+    with exec_service(b) as svc, pamkit.HeldSession(svc, user.name) as held:
+        first = instance_of(b, user.name)
+        os.kill(first, signal.SIGKILL)
+        second = pamkit.wait_for(lambda: (pid := instance_of(b, user.name)) and pid != first and
+                                 b.user(user.name)["state"] == "ready" and pid, 15, desc="a new instance")
+        assert second != first
+        assert b.user(user.name)["restarts"] == 1
+        pamkit.wait_for(lambda: len(service_procs(user)) == 1, 10, desc="the autostart service again")
+        held.close()
+    wait_gone(user.uid)
+
+
+def test_crash_loop_is_bounded(booster_factory, backend, user):
+    b = booster_factory(backend, restart_limit=2, restart_window=60)
+    with exec_service(b) as svc, pamkit.HeldSession(svc, user.name) as held:
+        killed = set()
+        for _ in range(3):
+            pid = pamkit.wait_for(lambda: (e := b.user(user.name)) and e["state"] == "ready"
+                                  and e["pid"] not in killed and e["pid"], 15, desc="a ready instance")
+            killed.add(pid)
+            os.kill(pid, signal.SIGKILL)
+        # Third death: over the limit; the user's sessions are ended, nothing restarts.
+        pamkit.wait_for(lambda: b.user(user.name) is None, 15, desc="the user given up")
+        b.wait_log("restart limit reached")
+        wait_gone(user.uid)
+        held.close(check=False)
+
+
+def test_instance_dying_before_readiness_fails_the_login_at_once(booster_factory, backend, user):
+    b = booster_factory(backend, **{("dinit_command" if backend == "dinit" else "runsvdir_command"): "/bin/false"},
+                        login_timeout=30)
+    client = Client(b.socket, "test").connect()
+    started = time.monotonic()
+    with pytest.raises(Refused) as refused:
+        client.open_session(user.name, leader_pid=os.getpid(), flags=int(p.OpenFlags.KEEP_CONNECTION))
+    assert time.monotonic() - started < 5  # not the 30 s login_timeout
+    assert refused.value.code == p.ErrorCode.START_FAILED
+    assert "exited with status 1 before it was ready" in refused.value.text
+    client.close()
+    pamkit.wait_for(lambda: b.user(user.name) is None, 10, desc="the user gone")
+
+
+def test_login_timeout(booster_factory, backend):
+    with pamkit.temp_user() as u:
+        if backend == "dinit":
+            # A scripted service counts as started only when its command finishes.
+            install_autostart(u, backend, command="/bin/sleep 30", extra="type = scripted\n")
+        else:
+            # A runit service whose check never passes is never "up" for sv start.
+            install_autostart(u, backend)
+            check = os.path.join(u.home, ".config/service/hello/check")
+            with open(check, "w") as fh:
+                fh.write("#!/bin/sh\nexit 1\n")
+            os.chmod(check, 0o755)
+            os.chown(check, u.uid, u.gid)
+        b = booster_factory(backend, login_timeout=1.5)
+        client = Client(b.socket, "test").connect()
+        started = time.monotonic()
+        with pytest.raises(Refused) as refused:
+            client.open_session(u.name, leader_pid=os.getpid(), flags=int(p.OpenFlags.KEEP_CONNECTION))
+        elapsed = time.monotonic() - started
+        client.close()
+        assert refused.value.code == p.ErrorCode.TIMEOUT, refused.value.text
+        assert 1.4 < elapsed < 8
+        pamkit.wait_for(lambda: b.user(u.name) is None, 15, desc="the user gone")
+        wait_gone(u.uid)
