@@ -1,13 +1,16 @@
-"""Containment of each user's instance in a cgroup of its own (unified hierarchy).
+"""Containment of each instance in a cgroup of its own (unified hierarchy).
 
 Everything an instance starts stays in its cgroup however it forks or
 re-parents, so "nothing of it remains" can be checked and enforced
 (``cgroup.kill``), and a booster started after a crash finds what the old one
-left.  The booster creates one subtree below its own cgroup, named after its
-state directory, and one leaf per user in it; no controllers are enabled.
-Under systemd the booster's unit needs ``Delegate=yes``.  Where there is no
-writable cgroup2 mount, ``discover`` returns None and ``booster.users`` falls
-back to tracking descendants.
+left.  The booster makes one subtree below its own cgroup, named after its
+state directory; each warm child makes ``instance-<its pid>`` in it and moves
+itself there while it warms up, so the cgroup migration (which waits for an
+RCU grace period, milliseconds) happens neither on the login's path nor in
+the booster's event loop.  No controllers are enabled.  Under systemd the
+booster's unit needs ``Delegate=yes``.  Where there is no writable cgroup2
+mount, ``discover`` returns None and the booster falls back to tracking
+descendants.
 """
 
 from __future__ import annotations
@@ -71,21 +74,12 @@ class CgroupTree:
             return None
         return cls(mount, base)
 
-    def user_path(self, uid: int) -> str:
-        return os.path.join(self.base, f"user-{uid}")
+    def instance_path(self, pid: int) -> str:
+        return instance_path(self.base, pid)
 
-    def create(self, uid: int) -> str:
-        path = self.user_path(uid)
-        try:
-            os.mkdir(path, 0o755)
-        except FileExistsError:
-            pass
-        return path
-
-    @staticmethod
-    def add(path: str, pid: int) -> None:
-        with open(os.path.join(path, "cgroup.procs"), "w") as fh:
-            fh.write(str(pid))
+    def relative(self, path: str) -> str:
+        """``path`` as seen from the root of the cgroup2 hierarchy."""
+        return "/" + os.path.relpath(path, self.mount)
 
     @staticmethod
     def pids(path: str) -> list[int]:
@@ -166,10 +160,22 @@ class CgroupTree:
             self._log.warning("cannot remove cgroup", path=path, error=exc.strerror)
 
     def leftovers(self) -> list[str]:
-        """User cgroups that exist now: at startup, what a previous booster left."""
+        """Instance cgroups that exist now: at startup, what a previous booster left."""
         try:
             names = os.listdir(self.base)
         except FileNotFoundError:
             return []
         return [os.path.join(self.base, n) for n in sorted(names)
-                if n.startswith("user-") and os.path.isdir(os.path.join(self.base, n))]
+                if n.startswith("instance-") and os.path.isdir(os.path.join(self.base, n))]
+
+
+def instance_path(base: str, pid: int) -> str:
+    return os.path.join(base, f"instance-{pid}")
+
+
+def join_own(base: str) -> None:
+    """In a warm child: make ``instance-<pid>`` and move this process into it."""
+    path = instance_path(base, os.getpid())
+    os.mkdir(path, 0o755)
+    with open(os.path.join(path, "cgroup.procs"), "w") as fh:
+        fh.write("0")

@@ -80,6 +80,7 @@ class Booster:
         os.makedirs(self.config.state_dir, mode=0o755, exist_ok=True)
         self._take_lock()
         self.cgroups = CgroupTree.discover(self.config.cgroup, self.config.state_dir)
+        self.pool.cgroups = self.cgroups
         await self._clean_previous()
         self.leaders = make_watcher(self.config.leader_watch, self.loop)
         self.reaper.start()
@@ -183,7 +184,7 @@ class Booster:
                 "pid": proc.pid if proc else None, "started": proc.create_time if proc else None,
                 "rundir": user.managed_rundir,
             })
-        warm = [{"pid": pid, "started": _create_time(pid)} for pid in self.pool.pids()]
+        warm = [{"pid": child.pid, "started": child.started} for child in self.pool.children()]
         state = {"pid": os.getpid(), "started": _create_time(os.getpid()), "backend": self.backend.name,
                  "cgroup": self.cgroups.base if self.cgroups else None,
                  "instances": instances, "warm": warm}

@@ -17,35 +17,49 @@ import socket
 import time
 from typing import NoReturn
 
-from booster import log
+import psutil
+
+from booster import cgroups, log
 from booster.reaper import ExitStatus, Reaper
-from booster.spawn import EXIT_SETUP, become_instance, receive_order, reset_signals, set_parent_death_signal
+from booster.spawn import EXIT_SETUP, become_instance, receive_order, report, reset_signals, set_parent_death_signal
 
 _DEATHS_WINDOW = 10.0  # seconds; more than 3 * pool_size deaths in it pauses refilling
 _REFILL_PAUSE = 5.0
+REFILL_DELAY = 0.05    # seconds after a take: the fork waits until the login has gone by
 
 
 class WarmChild:
-    """A forked child waiting for its order; ``sock`` is the booster's end."""
+    """A forked child waiting for its order; ``sock`` is the booster's end;
+    ``cgroup`` the cgroup it moves itself into (None without cgroups)."""
 
-    __slots__ = ("pid", "sock", "born")
+    __slots__ = ("pid", "sock", "cgroup", "_started")
 
-    def __init__(self, pid: int, sock: socket.socket) -> None:
-        self.pid, self.sock, self.born = pid, sock, time.monotonic()
+    def __init__(self, pid: int, sock: socket.socket, cgroup: str | None) -> None:
+        self.pid, self.sock, self.cgroup, self._started = pid, sock, cgroup, None
+
+    @property
+    def started(self) -> float | None:
+        """Its start time (psutil's create_time), for the state file."""
+        if self._started is None:
+            try:
+                self._started = psutil.Process(self.pid).create_time()
+            except psutil.Error:
+                pass
+        return self._started
 
 
-def fork_child(booster_pid: int) -> WarmChild:
+def fork_child(booster_pid: int, cgroup_base: str | None = None) -> WarmChild:
     """Fork a child that waits for one order on a private socket pair."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
         ours.close()
-        _warm_child_main(theirs, booster_pid)
+        _warm_child_main(theirs, booster_pid, cgroup_base)
     theirs.close()
-    return WarmChild(pid, ours)
+    return WarmChild(pid, ours, cgroups.instance_path(cgroup_base, pid) if cgroup_base else None)
 
 
-def _warm_child_main(sock: socket.socket, booster_pid: int) -> NoReturn:
+def _warm_child_main(sock: socket.socket, booster_pid: int, cgroup_base: str | None) -> NoReturn:
     try:
         # Objects inherited from the booster must never be finalized here: a
         # collected socket would close a descriptor number we reuse below.
@@ -57,10 +71,19 @@ def _warm_child_main(sock: socket.socket, booster_pid: int) -> NoReturn:
         fd = sock.fileno()
         os.closerange(3, fd)
         os.closerange(fd + 1, 1 << 20)
+        joined = None
+        if cgroup_base is not None:
+            try:
+                cgroups.join_own(cgroup_base)
+            except OSError as exc:
+                joined = f"cannot join the instance's cgroup below {cgroup_base}: {exc.strerror}"
         got = receive_order(sock)
         if got is None:
             os._exit(0)  # the booster closed our socket: the pool is shrinking
         order, fds = got
+        if joined is not None:
+            report(sock.fileno(), "setup", joined)
+            os._exit(EXIT_SETUP)
         become_instance(order, fds, sock.detach())
     except BaseException:  # noqa: BLE001 - nothing may unwind into the booster's frames
         os._exit(EXIT_SETUP)
@@ -69,6 +92,7 @@ def _warm_child_main(sock: socket.socket, booster_pid: int) -> NoReturn:
 class WarmPool:
     def __init__(self, size: int, reaper: Reaper, loop) -> None:
         self.size = size
+        self.cgroups = None  # set by the booster once it knows its cgroup tree
         self._reaper = reaper
         self._loop = loop
         self._ready: collections.deque[WarmChild] = collections.deque()
@@ -83,11 +107,14 @@ class WarmPool:
     def pids(self) -> list[int]:
         return [child.pid for child in self._ready]
 
+    def children(self) -> list[WarmChild]:
+        return list(self._ready)
+
     def __len__(self) -> int:
         return len(self._ready)
 
     def _fork(self) -> WarmChild:
-        child = fork_child(os.getpid())
+        child = fork_child(os.getpid(), self.cgroups.base if self.cgroups else None)
         self.forked += 1
         return child
 
@@ -112,7 +139,7 @@ class WarmPool:
         """A child ready for an order: a warm one when there is one, else a fresh fork.
         The caller owns it from now on (and must ``reaper.watch`` its pid)."""
         child = self._ready.popleft() if self._ready else self._fork()
-        self._schedule_refill()
+        self._schedule_refill(REFILL_DELAY)
         return child
 
     def _on_exit(self, child: WarmChild, status: ExitStatus) -> None:
@@ -120,6 +147,8 @@ class WarmPool:
             self._ready.remove(child)
         if child.sock.fileno() >= 0:
             child.sock.close()
+        if child.cgroup is not None:
+            self.cgroups.remove(child.cgroup)
         if self._closed:
             fut = self._dismissed.pop(child.pid, None)
             if fut is not None and not fut.done():

@@ -196,7 +196,7 @@ def drop_privileges(order: SpawnOrder) -> None:
                              + ", ".join(f"{k}={v:#x}" for k, v in sorted(left.items())))
 
 
-def _report(sock_fd: int, kind: str, text: str) -> None:
+def report(sock_fd: int, kind: str, text: str) -> None:
     try:
         os.write(sock_fd, json.dumps({"kind": kind, "error": text}).encode())
     except OSError:
@@ -211,7 +211,7 @@ def become_instance(order: SpawnOrder, fds: list[int], order_fd: int) -> NoRetur
         _sane_limits()
         order_fd = _arrange_fds(order, fds, order_fd)
     except Exception as exc:  # noqa: BLE001 - anything here is a setup failure, reported
-        _report(order_fd, "setup", f"{type(exc).__name__}: {exc}")
+        report(order_fd, "setup", f"{type(exc).__name__}: {exc}")
         os._exit(EXIT_SETUP)
     try:
         drop_privileges(order)
@@ -220,7 +220,7 @@ def become_instance(order: SpawnOrder, fds: list[int], order_fd: int) -> NoRetur
         if os.getppid() != order.booster_pid:
             raise PrivilegeError("the booster went away during the spawn")
     except Exception as exc:  # noqa: BLE001
-        _report(order_fd, "privilege", f"{type(exc).__name__}: {exc}")
+        report(order_fd, "privilege", f"{type(exc).__name__}: {exc}")
         os._exit(EXIT_PRIVILEGE)
     try:
         os.chdir(order.home)
@@ -229,5 +229,5 @@ def become_instance(order: SpawnOrder, fds: list[int], order_fd: int) -> NoRetur
     try:
         os.execve(order.argv[0], list(order.argv), dict(order.env))
     except OSError as exc:
-        _report(order_fd, "exec", f"cannot execute {order.argv[0]}: {exc.strerror}")
+        report(order_fd, "exec", f"cannot execute {order.argv[0]}: {exc.strerror}")
     os._exit(EXIT_EXEC)

@@ -87,12 +87,22 @@ class Session:
 class InstanceProcess:
     """One running instance: its pid, exit, launch resources and output."""
 
-    def __init__(self, pid: int, launch: Launch, loop) -> None:
+    def __init__(self, pid: int, launch: Launch, loop, cgroup: str | None) -> None:
         self.pid = pid
         self.launch = launch
+        self.cgroup = cgroup  # the cgroup it runs in (below the cgroup2 mount), if any
         self.exited: asyncio.Future[ExitStatus] = loop.create_future()
         self.started = time.monotonic()
         self.create_time = _create_time(pid)
+        self.last_output: collections.deque[str] = collections.deque(maxlen=3)
+
+    def died_before_ready(self, status: ExitStatus, detail: str = "") -> str:
+        text = f"instance {status} before it was ready"
+        if detail:
+            text += f" ({detail})"
+        if self.last_output:
+            text += "; its last output: " + " | ".join(self.last_output)
+        return text
 
     def on_exit(self, status: ExitStatus) -> None:
         if not self.exited.done():
@@ -126,7 +136,6 @@ class UserInstance:
         self._no_rundir = no_rundir
         self.runtime_dir: str | None = None
         self.managed_rundir: str | None = None
-        self.cgroup_path: str | None = None
         self.user_dir = os.path.join(self.config.state_dir, "users", str(account.uid))
         self.env: tuple[tuple[str, str], ...] = ()
         self.task: asyncio.Task | None = None
@@ -267,8 +276,8 @@ class UserInstance:
     # --- start ------------------------------------------------------------------------
 
     def _prepare_user(self) -> None:
-        """Once per lifecycle: the booster's directory for the user, the runtime
-        directory and the cgroup."""
+        """Once per lifecycle: the booster's directory for the user and the
+        runtime directory."""
         account, config = self.account, self.config
         try:
             os.makedirs(self.user_dir, mode=0o755, exist_ok=True)
@@ -284,16 +293,12 @@ class UserInstance:
             except rundir.RundirError as exc:
                 raise StartFailed(f"runtime directory refused: {exc}", final=True) from None
             self.runtime_dir = self.managed_rundir = path
-        cgroups = self.booster.cgroups
-        self.cgroup_path = cgroups.create(account.uid) if cgroups else None
         self.booster.state_changed()
 
-    def _spec(self) -> InstanceSpec:
-        cgroup = None
-        if self.cgroup_path is not None:
-            cgroup = "/" + os.path.relpath(self.cgroup_path, self.booster.cgroups.mount)
+    def _spec(self, cgroup: str | None) -> InstanceSpec:
         return InstanceSpec(account=self.account, config=self.config, user_dir=self.user_dir,
-                            runtime_dir=self.runtime_dir, cgroup=cgroup)
+                            runtime_dir=self.runtime_dir,
+                            cgroup=self.booster.cgroups.relative(cgroup) if cgroup else None)
 
     def _instance_env(self) -> tuple[tuple[str, str], ...]:
         a = self.account
@@ -322,17 +327,16 @@ class UserInstance:
         loop = asyncio.get_running_loop()
         booster = self.booster
         deadline = loop.time() + self.config.login_timeout
-        try:
-            launch = booster.backend.prepare(self._spec())
-        except OSError as exc:
-            raise StartFailed(f"cannot prepare the {booster.backend.name} instance: {exc}") from None
         child = booster.pool.take()
-        proc = InstanceProcess(child.pid, launch, loop)
+        try:
+            launch = booster.backend.prepare(self._spec(child.cgroup))
+        except OSError as exc:
+            child.sock.close()  # the child exits at end-of-file; the reaper collects it
+            raise StartFailed(f"cannot prepare the {booster.backend.name} instance: {exc}") from None
+        proc = InstanceProcess(child.pid, launch, loop, child.cgroup)
         booster.reaper.watch(child.pid, proc.on_exit)
         log_r = log_w = -1
         try:
-            if self.cgroup_path is not None:
-                booster.cgroups.add(self.cgroup_path, child.pid)
             log_r, log_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             os.set_blocking(log_w, True)
             targets = sorted(launch.pass_fds)
@@ -348,8 +352,9 @@ class UserInstance:
             for fd in (log_r, log_w):
                 if fd >= 0:
                     os.close(fd)
+            self.process = proc
             await self._stop_process(proc)
-            launch.close()
+            await self._clear_instance()
             raise StartFailed(f"cannot hand the spawn order to a warm child: {exc}") from None
         os.close(log_w)
         launch.after_spawn()
@@ -368,8 +373,7 @@ class UserInstance:
             if ready not in done:
                 ready.cancel()
                 status = proc.exited.result()
-                raise StartFailed(f"instance {status} before it was ready",
-                                  final=status.code in NO_RETRY_CODES, status=status)
+                raise StartFailed(proc.died_before_ready(status), final=self._final(status), status=status)
             try:
                 ready.result()
             except TimeoutError:
@@ -381,8 +385,8 @@ class UserInstance:
                 status = await _bounded(proc.exited, KILL_GRACE)
                 if status is None:
                     raise StartFailed(str(exc)) from None
-                raise StartFailed(f"instance {status} before it was ready ({exc})",
-                                  final=status.code in NO_RETRY_CODES, status=status) from None
+                raise StartFailed(proc.died_before_ready(status, str(exc)), final=self._final(status),
+                                  status=status) from None
             if not proc.alive:  # "ready, then exit" is a failed start too
                 raise StartFailed(f"instance {proc.exited.result()} right after readiness")
         except BaseException:
@@ -395,6 +399,9 @@ class UserInstance:
         self._log.info("instance ready", pid=proc.pid, seconds=round(loop.time() - deadline
                                                                        + self.config.login_timeout, 4))
         return proc
+
+    def _final(self, status: ExitStatus) -> bool:
+        return status.code in NO_RETRY_CODES or self.booster.backend.exit_before_ready_is_final(status.code)
 
     def _follow_output(self, fd: int, proc: InstanceProcess) -> None:
         """Log the instance's stdout and stderr, a line at a time."""
@@ -415,7 +422,9 @@ class UserInstance:
                 partial[:] = rest[-LOG_LINE_LIMIT:]
                 for line in lines:
                     if line.strip():
-                        logger.info("instance output", line=line[:LOG_LINE_LIMIT].decode(errors="replace"))
+                        text = line[:LOG_LINE_LIMIT].decode(errors="replace")
+                        proc.last_output.append(text[:200])
+                        logger.info("instance output", line=text)
                 return
             loop.remove_reader(fd)
             os.close(fd)
@@ -434,8 +443,8 @@ class UserInstance:
                 self._log.warning("instance did not stop in time; killing it", pid=proc.pid,
                                   stop_timeout=self.config.stop_timeout)
                 _signal(proc.pid, signal.SIGKILL)
-                if self.cgroup_path is not None:
-                    self.booster.cgroups.kill(self.cgroup_path)
+                if proc.cgroup is not None:
+                    self.booster.cgroups.kill(proc.cgroup)
                 await _bounded(proc.exited, KILL_GRACE)
 
     async def _clear_instance(self) -> None:
@@ -444,19 +453,21 @@ class UserInstance:
         proc, self.process = self.process, None
         if proc is None:
             return
-        await self._end_leftovers(self.config.stop_timeout)
+        await self._end_leftovers(proc, self.config.stop_timeout)
         proc.launch.close()
+        if proc.cgroup is not None:
+            self.booster.cgroups.remove(proc.cgroup)
         self.booster.state_changed()
 
-    async def _end_leftovers(self, timeout: float) -> None:
+    async def _end_leftovers(self, proc: InstanceProcess, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         cgroups = self.booster.cgroups
-        if self.cgroup_path is not None:
-            if not await cgroups.wait_empty(self.cgroup_path, timeout, loop):
+        if proc.cgroup is not None:
+            if not await cgroups.wait_empty(proc.cgroup, timeout, loop):
                 self._log.warning("processes left in the instance's cgroup; killing them",
-                                  pids=cgroups.pids(self.cgroup_path))
-                cgroups.kill(self.cgroup_path)
-                await cgroups.wait_empty(self.cgroup_path, KILL_GRACE, loop)
+                                  pids=cgroups.pids(proc.cgroup))
+                cgroups.kill(proc.cgroup)
+                await cgroups.wait_empty(proc.cgroup, KILL_GRACE, loop)
             return
         await self.booster.end_adopted(self.account.uid, timeout)
 
@@ -473,14 +484,12 @@ class UserInstance:
         steps = [("user directory", rundir.remove, self.user_dir, 0)]
         if self.managed_rundir:
             steps.insert(0, ("runtime directory", rundir.remove, self.managed_rundir, self.account.uid))
-        if self.cgroup_path is not None:
-            steps.append(("cgroup", self.booster.cgroups.remove, self.cgroup_path))
         for what, step, *args in steps:
             try:
                 step(*args)
             except Exception:  # noqa: BLE001
                 self._log.exception(f"removing the {what} failed")
-        self.managed_rundir = self.cgroup_path = None
+        self.managed_rundir = None
         self._set(UserState.GONE)
         self._log.info("instance stopped")
 

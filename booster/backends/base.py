@@ -69,6 +69,11 @@ class Backend(abc.ABC):
     def prepare(self, spec: InstanceSpec) -> Launch:
         """Write what the instance needs; return how to launch it."""
 
+    def exit_before_ready_is_final(self, code: int | None) -> bool:
+        """Whether an instance that exited with ``code`` before it was ready
+        would fail the same way again (so it is not retried)."""
+        return False
+
 
 def resolve(command: str, config: Config, key: str) -> str:
     """An absolute path for ``command``: as given when absolute, else searched in

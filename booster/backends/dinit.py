@@ -95,3 +95,9 @@ class DinitBackend(Backend):
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         os.set_blocking(ready_w, True)
         return DinitLaunch(tuple(argv), ready_r, ready_w)
+
+    def exit_before_ready_is_final(self, code: int | None) -> bool:
+        # dinit exits 0 on its own only when nothing is left to run: boot could
+        # not be loaded (a service in the boot directory has an error) or
+        # started.  The user's files must change first; a retry fails again.
+        return code == 0

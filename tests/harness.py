@@ -1,0 +1,217 @@
+"""Running real boosters and users for tests and benchmarks.
+
+Every booster runs as its own process with paths of its own under
+``/tmp/bt-XXXXXX`` (short, because dinit's control socket path is limited to
+107 bytes).  ``tests/conftest.py`` wraps these in fixtures; ``bench/`` uses
+them directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+
+import pamkit
+
+VENV_BIN = Path(sys.executable).parent
+BOOSTER = str(VENV_BIN / "booster")
+INVOKER = str(VENV_BIN / "invoker")
+PYTHON = sys.executable
+REPO = Path(__file__).resolve().parent.parent
+PAM_MODULE = str(Path(__import__("invoker").__file__).resolve().parent / "pam_module.py")
+
+
+def dinit_binary() -> str | None:
+    path = os.environ.get("BOOSTER_DINIT") or shutil.which("dinit")
+    return path if path and os.access(path, os.X_OK) else None
+
+
+NO_DINIT = "dinit not found: set BOOSTER_DINIT or put dinit on PATH (it is not packaged in Debian)"
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+class BoosterProc:
+    """One booster daemon started by a test."""
+
+    def __init__(self, base: Path, backend: str, **overrides) -> None:
+        self.base = base
+        self.config = {
+            "socket": str(base / "s.sock"),
+            "state_dir": str(base / "state"),
+            "backend": backend,
+            "rundir_path": str(base / "run" / "%u"),
+            "log_level": "debug",
+            "log_target": "stderr",
+            "stop_timeout": 5,
+            "login_timeout": 20,
+        }
+        if backend == "dinit":
+            self.config["dinit_command"] = dinit_binary()
+        self.config.update(overrides)
+        self.config_path = base / "booster.toml"
+        self.config_path.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in self.config.items()))
+        self.log_path = base / "booster.log"
+        self.proc: subprocess.Popen | None = None
+        self.wrapper: list[str] = []
+
+    @property
+    def socket(self) -> str:
+        return self.config["socket"]
+
+    @property
+    def state_dir(self) -> str:
+        return self.config["state_dir"]
+
+    def rundir(self, uid: int) -> str:
+        return self.config["rundir_path"].replace("%u", str(uid))
+
+    def start(self, timeout: float = 15.0, wrapper: list[str] | None = None) -> "BoosterProc":
+        """Start it and wait until it serves (its --ready-fd says so)."""
+        ready_r, ready_w = os.pipe()
+        self.wrapper = wrapper or []
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.wrapper + [BOOSTER, "serve", "--config", str(self.config_path), "--ready-fd", str(ready_w)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(ready_w,),
+                env={"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"},
+            )
+        os.close(ready_w)
+        try:
+            readable, _, _ = select.select([ready_r], [], [], timeout)
+            data = os.read(ready_r, 64) if readable else b""
+        finally:
+            os.close(ready_r)
+        if not data.startswith(b"ready"):
+            self.kill()
+            raise AssertionError(f"booster did not become ready:\n{self.log()}")
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> None:
+        pamkit.wait_for(lambda: text in self.log(), timeout, desc=f"{text!r} in the booster log")
+
+    def status(self) -> dict:
+        out = subprocess.run([BOOSTER, "status", "--socket", self.socket, "--json"],
+                             capture_output=True, text=True, timeout=10)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def user(self, name: str) -> dict | None:
+        for entry in self.status()["users"]:
+            if entry["user"] == name:
+                return entry
+        return None
+
+    def state_file(self) -> dict:
+        return json.loads(Path(self.state_dir, "state.json").read_text())
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Signal it and wait; returns its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"booster did not exit within {timeout} s after {sig}:\n{self.log()}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def install_autostart(user: pamkit.TempUser, backend: str, name: str = "hello",
+                      command: str = "/bin/sleep 1000", extra: str = "") -> None:
+    """Give ``user`` one autostart service ``name`` running ``command``."""
+    home = Path(user.home)
+    if backend == "dinit":
+        d = home / ".config" / "dinit.d"
+        (d / "boot.d").mkdir(parents=True, exist_ok=True)
+        (d / name).write_text(f"type = process\ncommand = {command}\n{extra}")
+        link = d / "boot.d" / name
+        if not link.is_symlink():
+            link.symlink_to(f"../{name}")
+    else:
+        d = home / ".config" / "service" / name
+        d.mkdir(parents=True, exist_ok=True)
+        run = d / "run"
+        run.write_text(f"#!/bin/sh\nexec {command}\n{extra}")
+        run.chmod(0o755)
+    subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(home / ".config")], check=True)
+
+
+def exec_line(b: BoosterProc, *extra: str) -> str:
+    return " ".join(["optional pam_exec.so", INVOKER, "--socket", b.socket, *extra])
+
+
+def python_line(b: BoosterProc, *extra: str) -> str:
+    return " ".join(["optional", pamkit.PAM_PYTHON_SO, PAM_MODULE, f"socket={b.socket}", *extra])
+
+
+@contextlib.contextmanager
+def exec_service(b: BoosterProc, *extra: str):
+    """A PAM service in /etc/pam.d whose session stack runs the invoker under pam_exec."""
+    with pamkit.pam_service(pamkit.minimal_stack(exec_line(b, *extra))) as name:
+        yield name
+
+
+def instance_of(b: BoosterProc, name: str) -> int | None:
+    entry = b.user(name)
+    return entry["pid"] if entry and entry["pid"] else None
+
+
+def wait_gone(uid: int, timeout: float = 15.0) -> None:
+    """Wait until no process of ``uid`` is left (zombies count as gone)."""
+    pamkit.wait_for(lambda: not pamkit.procs_of_uid(uid, zombies=False), timeout,
+                    desc=f"no process of uid {uid} left")
+
+
+def new_booster(backend: str = "runit", start: bool = True, **overrides) -> BoosterProc:
+    """A booster with fresh paths (the caller stops it and removes ``base``)."""
+    base = Path(tempfile.mkdtemp(prefix="bt-", dir="/tmp"))
+    os.chmod(base, 0o755)  # users must reach their runtime directories below it
+    b = BoosterProc(base, backend, **overrides)
+    if start:
+        b.start()
+    return b
+
+
+def dispose(b: BoosterProc) -> str | None:
+    """Stop ``b`` if it runs and remove its files; the failure text, if any."""
+    failure = None
+    if b.proc is not None and b.proc.poll() is None:
+        try:
+            b.stop()
+        except AssertionError as exc:
+            failure = str(exc)
+    shutil.rmtree(b.base, ignore_errors=True)
+    return failure
