@@ -43,9 +43,12 @@ def _daemonize(cfg, source: str, args) -> int:
     import daemon as python_daemon
     import daemon.pidfile
 
+    # Logs go to syslog; with log_target = "stderr" the caller's stderr is kept
+    # (booster serve --daemon 2>>/var/log/booster.log), else it is /dev/null.
     context = python_daemon.DaemonContext(
         umask=0o022, working_directory="/",
         pidfile=daemon.pidfile.TimeoutPIDLockFile(args.pidfile, acquire_timeout=1) if args.pidfile else None,
+        stderr=sys.stderr if cfg.log_target == "stderr" else None,
     )
     with context:
         return _run(cfg, source, None)

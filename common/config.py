@@ -8,6 +8,7 @@ before it starts anything.  Standard library only (tomllib).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from typing import Any
@@ -122,8 +123,14 @@ def _validate(cfg: Config, file: str) -> None:
     for key in ("login_timeout", "stop_timeout", "disconnect_timeout", "restart_window"):
         if not getattr(cfg, key) > 0:
             raise bad(key, "must be greater than 0")
+        if not math.isfinite(getattr(cfg, key)):
+            raise bad(key, "must be a finite number of seconds")
+    if int(cfg.login_timeout * 1000) > 0xFFFFFFFF:  # WAIT carries it as u32 milliseconds
+        raise bad("login_timeout", "must be at most 4294967 seconds")
     if cfg.stop_delay < 0:
         raise bad("stop_delay", "must not be negative")
+    if not math.isfinite(cfg.stop_delay):
+        raise bad("stop_delay", "must be a finite number of seconds")
     if cfg.restart_limit < 0:
         raise bad("restart_limit", "must not be negative")
     if not 0 <= cfg.pool_size <= 64:
@@ -134,8 +141,10 @@ def _validate(cfg: Config, file: str) -> None:
         raise bad("rundir_path", "must be an absolute path below /")
     if (why := _check_percent(cfg.rundir_path)) is not None:
         raise bad("rundir_path", why)
-    if "%u" not in cfg.rundir_path:
+    if "%u" not in cfg.rundir_path.replace("%%", ""):  # "%%u" is a literal "%u", not the uid
         raise bad("rundir_path", "must contain %u so that every user gets a directory of their own")
+    if ".." in cfg.rundir_path.split("/"):
+        raise bad("rundir_path", "must not contain '..': it would climb out of the user's directory")
     for key, allowed in (("log_level", LOG_LEVELS), ("log_target", LOG_TARGETS),
                          ("leader_watch", LEADER_WATCHES), ("cgroup", CGROUP_MODES)):
         if getattr(cfg, key) not in allowed:

@@ -35,6 +35,7 @@ def _steps(sock: socket.socket, timeout: float) -> Generator[float, None, Outcom
     drained = 0
     try:
         try:
+            sock.setblocking(False)  # a socket timeout would make recv wait past the deadline
             sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             if exc.errno != errno.ENOTCONN:

@@ -456,11 +456,11 @@ def decode(frame: bytes) -> Message:
     decoder = Decoder()
     decoder.feed(frame)
     msg = decoder.next_message()
-    decoder.feed_eof()
     if msg is None:
+        decoder.feed_eof()  # a partial frame: TruncatedFrame
         raise TruncatedFrame("incomplete frame")
-    if decoder.next_message() is not None:
-        raise MalformedPayload("more than one frame")
+    if decoder.buffered:
+        raise MalformedPayload(f"{decoder.buffered} bytes after the frame")
     return msg
 
 

@@ -145,9 +145,14 @@ class Client:
                      ruser: str = "", leader_pid: int, flags: int = 0, runtime_dir: str = "",
                      timeout: float = 120.0) -> tuple[int, tuple]:
         """Open and wait for READY; returns (session id, environment to export)."""
-        self._send(p.OpenSession(user=user, service=service[:256], tty=tty[:256], rhost=rhost[:1024],
-                                 ruser=ruser[:256], leader_pid=leader_pid, flags=flags,
-                                 runtime_dir=runtime_dir if len(runtime_dir.encode()) <= 4095 else ""))
+        try:
+            request = p.OpenSession(
+                user=user, service=_fit(service, 256), tty=_fit(tty, 256), rhost=_fit(rhost, 1024),
+                ruser=_fit(ruser, 256), leader_pid=leader_pid, flags=flags,
+                runtime_dir=runtime_dir if _fit(runtime_dir, 4095) == runtime_dir else "")
+        except p.LocalProtocolError as exc:  # a user name the protocol cannot carry, say
+            raise ClientError(f"cannot ask for this session: {exc}") from None
+        self._send(request)
         deadline = time.monotonic() + timeout
         while True:
             msg = self._receive(deadline)
@@ -159,7 +164,11 @@ class Client:
             raise ConnectionLost(f"unexpected {type(msg).__name__} while opening")
 
     def close_session(self, user: str, leader_pid: int, session_id: int = 0, timeout: float = 10.0) -> int:
-        self._send(p.CloseSession(session_id=session_id, user=user, leader_pid=leader_pid))
+        try:
+            request = p.CloseSession(session_id=session_id, user=user, leader_pid=leader_pid)
+        except p.LocalProtocolError as exc:
+            raise ClientError(f"cannot ask to close this session: {exc}") from None
+        self._send(request)
         msg = self._receive(time.monotonic() + timeout)
         if isinstance(msg, (p.Closed, p.Ended)):
             return msg.session_id
@@ -192,6 +201,13 @@ class Client:
             return self._receive(None if timeout is None else time.monotonic() + timeout)
         except BoosterClosed:
             return None
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8 (PAM items are informational;
+    undecodable bytes and NULs are dropped)."""
+    raw = text.encode("utf-8", "surrogateescape").replace(b"\0", b"")[:limit]
+    return raw.decode("utf-8", "ignore")
 
 
 def wait_readable(fds: list[int], timeout: float | None) -> list[int]:

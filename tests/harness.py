@@ -107,6 +107,17 @@ class BoosterProc:
 
     @property
     def pid(self) -> int:
+        """The booster's own pid: under a wrapper (``unshare --fork``, which
+        ignores SIGTERM while it waits), the descendant running ``booster serve``."""
+        if not self.wrapper:
+            return self.proc.pid
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                cmdline = child.cmdline()
+            except psutil.Error:
+                continue
+            if "serve" in cmdline and any(arg.endswith("/booster") for arg in cmdline):
+                return child.pid
         return self.proc.pid
 
     def log(self) -> str:
@@ -136,7 +147,7 @@ class BoosterProc:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         """Signal it and wait; returns its exit status."""
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            os.kill(self.pid, sig)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -145,6 +156,9 @@ class BoosterProc:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            pid = self.pid
+            if pid != self.proc.pid:
+                os.kill(pid, signal.SIGKILL)
             self.proc.kill()
             self.proc.wait(10)
 

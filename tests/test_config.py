@@ -77,8 +77,7 @@ def refused(workdir: Path, text: str) -> ConfigError:
 
 def test_defaults_are_valid():
     cfg = Config()
-    c.from_mapping({})  # validates the defaults
-    assert c.from_mapping({}) == cfg
+    assert c.from_mapping({}) == cfg  # from_mapping validates
     assert (cfg.socket, cfg.backend, cfg.rundir_path, cfg.pool_size) == (
         "/run/booster/control.sock", "dinit", "/run/user/%u", 2)
 

@@ -81,7 +81,6 @@ def drive(request):
             outcome = asyncio.run(main())
         return outcome, time.monotonic() - started
 
-    run.name = request.param
     return run
 
 
