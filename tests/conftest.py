@@ -10,7 +10,7 @@ import pytest
 
 import pamkit
 from harness import (  # noqa: F401 - re-exported
-    BOOSTER, INVOKER, NO_DINIT, PAM_MODULE, PYTHON, REPO, VENV_BIN, BoosterProc, dinit_binary, dispose,
+    BOOSTER, INVOKER, NO_DINIT, PAM_MODULE, PYTHON, REPO, VENV_BIN, BoosterProc, as_user, dinit_binary, dispose,
     exec_line, exec_service, install_autostart, instance_of, new_booster, python_line, wait_gone,
 )
 

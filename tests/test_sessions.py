@@ -14,7 +14,7 @@ import time
 import pytest
 
 import pamkit
-from conftest import INVOKER, exec_service, install_autostart, instance_of, wait_gone
+from conftest import INVOKER, as_user, exec_service, install_autostart, instance_of, wait_gone
 from common import protocol as p
 from invoker.client import Client, Refused
 
@@ -99,32 +99,32 @@ def test_login_goes_on_when_the_booster_is_not_running(booster_factory, backend,
 
 def test_non_root_client_cannot_open_or_close(booster_factory, backend, user):
     b = booster_factory(backend)
-    script = (
-        "import os, sys\n"
-        "from invoker.client import Client, Refused\n"
-        "from common import protocol as p\n"
-        "c = Client(sys.argv[1], 'test').connect(timeout=2)\n"
-        "try:\n"
-        "    c.open_session(sys.argv[2], leader_pid=os.getpid(), flags=int(p.OpenFlags.KEEP_CONNECTION))\n"
-        "except Refused as e:\n"
-        "    print('open', e.code)\n"
-        "c.close()\n"
-        "c = Client(sys.argv[1], 'test').connect(timeout=2)\n"
-        "try:\n"
-        "    c.close_session(sys.argv[2], leader_pid=os.getppid())\n"
-        "except Refused as e:\n"
-        "    print('close', e.code)\n"
-        "print('eof' if c.sock.recv(1) == b'' else 'open')\n"
-    )
-    out = subprocess.run([pamkit.RUNUSER, "-u", user.name, "--", pamkit.sys.executable, "-c", script, b.socket,
-                          user.name], capture_output=True, text=True, timeout=20,
-                         env={"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "PATH": "/usr/bin:/bin"},
-                         cwd="/")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["open", str(int(p.ErrorCode.NOT_PERMITTED)),
-                                  "close", str(int(p.ErrorCode.NOT_PERMITTED)), "eof"], out.stdout
+
+    def attempt() -> list[str]:
+        out = []
+        c = Client(b.socket, "test").connect(timeout=2)
+        try:
+            c.open_session(user.name, leader_pid=os.getpid(), flags=int(p.OpenFlags.KEEP_CONNECTION))
+            out.append("opened")
+        except Refused as e:
+            out.append(f"open {e.code}")
+        out.append("eof" if c.sock.recv(1) == b"" else "not closed")
+        c.close()
+        c = Client(b.socket, "test").connect(timeout=2)
+        try:
+            c.close_session(user.name, leader_pid=os.getppid())
+            out.append("closed")
+        except Refused as e:
+            out.append(f"close {e.code}")
+        out.append("eof" if c.sock.recv(1) == b"" else "not closed")
+        c.close()
+        return out
+
+    refused = str(int(p.ErrorCode.NOT_PERMITTED))
+    assert as_user(user, attempt) == [f"open {refused}", "eof", f"close {refused}", "eof"]
     assert b.user(user.name) is None  # nothing was started
     assert pamkit.procs_of_uid(user.uid, zombies=False) == []
+    assert "only root may open sessions" in b.log() and "only root may close sessions" in b.log()
 
 
 def test_killed_instance_is_started_again(booster_factory, backend, user):
