@@ -101,6 +101,14 @@ class CgroupTree:
             return False
         return False
 
+    def signal(self, path: str, sig: int) -> None:
+        """Send ``sig`` to every process in the cgroup."""
+        for pid in self.pids(path):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
     def kill(self, path: str) -> None:
         """SIGKILL everything in the cgroup (``cgroup.kill``, or each pid on older kernels)."""
         try:

@@ -33,7 +33,9 @@ from booster.users import KILL_GRACE, Session, UserInstance
 from common import protocol as p
 from common.config import Config
 
-SHUTDOWN_MARGIN = 3.0  # seconds beyond stop_timeout for the whole shutdown
+# Seconds beyond stop_timeout for the whole shutdown: the KILL's grace, twice
+# (the instance, then what it left), and a second for the rest.
+SHUTDOWN_MARGIN = 2 * KILL_GRACE + 1.0
 
 
 def make_backend(config: Config) -> Backend:
@@ -62,7 +64,7 @@ class Booster:
         self._log = log.get("booster")
         self.loop = asyncio.get_running_loop()
         self.reaper = Reaper(self.loop)
-        self.pool = WarmPool(config.pool_size, self.reaper, self.loop)
+        self.pool = WarmPool(config.pool_size, self.reaper, self.loop, on_change=self.state_changed)
         self.leaders = None
         self.listener = Listener(self, config.socket)
 
@@ -346,8 +348,9 @@ class Booster:
         await self._stop.wait()
         self._log.info("stopping", signal=signal.Signals(self._stop_signal).name if self._stop_signal else None)
 
-    def request_stop(self) -> None:
-        self._stop.set()
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     async def shutdown(self) -> None:
         started = time.monotonic()

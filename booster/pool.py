@@ -90,8 +90,9 @@ def _warm_child_main(sock: socket.socket, booster_pid: int, cgroup_base: str | N
 
 
 class WarmPool:
-    def __init__(self, size: int, reaper: Reaper, loop) -> None:
+    def __init__(self, size: int, reaper: Reaper, loop, on_change=None) -> None:
         self.size = size
+        self._on_change = on_change or (lambda: None)  # the set of warm children changed
         self.cgroups = None  # set by the booster once it knows its cgroup tree
         self._reaper = reaper
         self._loop = loop
@@ -126,10 +127,14 @@ class WarmPool:
         if now < self._paused_until:
             self._schedule_refill(self._paused_until - now)
             return
+        forked = False
         while len(self._ready) < self.size:
             child = self._fork()
             self._reaper.watch(child.pid, lambda status, c=child: self._on_exit(c, status))
             self._ready.append(child)
+            forked = True
+        if forked:
+            self._on_change()
 
     def _schedule_refill(self, delay: float = 0.0) -> None:
         if self._refill_handle is None and not self._closed and self.size:
@@ -138,13 +143,18 @@ class WarmPool:
     def take(self) -> WarmChild:
         """A child ready for an order: a warm one when there is one, else a fresh fork.
         The caller owns it from now on (and must ``reaper.watch`` its pid)."""
-        child = self._ready.popleft() if self._ready else self._fork()
+        if self._ready:
+            child = self._ready.popleft()
+            self._on_change()
+        else:
+            child = self._fork()
         self._schedule_refill(REFILL_DELAY)
         return child
 
     def _on_exit(self, child: WarmChild, status: ExitStatus) -> None:
         if child in self._ready:
             self._ready.remove(child)
+            self._on_change()
         if child.sock.fileno() >= 0:
             child.sock.close()
         if child.cgroup is not None:

@@ -88,7 +88,12 @@ def create(path: str, uid: int, gid: int) -> None:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                kind = "a symlink" if exc.errno == errno.ELOOP else "not a directory"
+                # O_DIRECTORY makes the kernel answer ENOTDIR for a symlink too: look.
+                try:
+                    is_link = stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+                except OSError:
+                    is_link = exc.errno == errno.ELOOP
+                kind = "a symlink" if is_link else "not a directory"
                 raise RundirError(f"{path} exists and is {kind}; refusing to use it") from None
             raise RundirError(f"cannot open {path}: {exc.strerror}") from None
         try:

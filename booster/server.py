@@ -254,6 +254,9 @@ class ClientConnection:
             done, _ = await asyncio.wait({session.ready, getter}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
             if session.ready in done:
+                if session.ready.cancelled():  # ended while it waited: shutdown, or closed elsewhere
+                    code = p.ErrorCode.SHUTTING_DOWN if self.booster.stopping else p.ErrorCode.NO_SUCH_SESSION
+                    raise Refused(code, "the session was ended before the instance was ready")
                 try:
                     return session.ready.result()
                 except StartFailed as failure:

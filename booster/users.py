@@ -353,8 +353,7 @@ class UserInstance:
                 if fd >= 0:
                     os.close(fd)
             self.process = proc
-            await self._stop_process(proc)
-            await self._clear_instance()
+            await self._stop_and_clear()
             raise StartFailed(f"cannot hand the spawn order to a warm child: {exc}") from None
         os.close(log_w)
         launch.after_spawn()
@@ -391,8 +390,7 @@ class UserInstance:
                 raise StartFailed(f"instance {proc.exited.result()} right after readiness")
         except BaseException:
             child.sock.close()
-            await self._stop_process(proc)
-            await self._clear_instance()
+            await self._stop_and_clear()
             raise
         child.sock.close()
         self.env = self._login_env()
@@ -435,51 +433,64 @@ class UserInstance:
 
     # --- stop ---------------------------------------------------------------------------
 
-    async def _stop_process(self, proc: InstanceProcess) -> None:
-        """TERM (the backend's stop signal), then KILL after stop_timeout."""
+    async def _stop_and_clear(self) -> None:
+        """Stop the instance (its stop signal; KILL at stop_timeout) and end what it
+        leaves behind, all by one deadline."""
+        proc = self.process
+        if proc is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.stop_timeout
         if proc.alive:
             _signal(proc.pid, self.booster.backend.stop_signal)
-            if await _bounded(proc.exited, self.config.stop_timeout) is None:
+            if await _bounded(proc.exited, deadline - loop.time()) is None:
                 self._log.warning("instance did not stop in time; killing it", pid=proc.pid,
                                   stop_timeout=self.config.stop_timeout)
                 _signal(proc.pid, signal.SIGKILL)
                 if proc.cgroup is not None:
                     self.booster.cgroups.kill(proc.cgroup)
                 await _bounded(proc.exited, KILL_GRACE)
+        await self._clear_instance(deadline)
 
-    async def _clear_instance(self) -> None:
-        """After the instance process is gone: end what it left behind, release
-        its launch."""
+    async def _clear_instance(self, deadline: float | None = None) -> None:
+        """After the instance process is gone: end what it left behind (by
+        ``deadline``, else stop_timeout from now), release its launch."""
         proc, self.process = self.process, None
         if proc is None:
             return
-        await self._end_leftovers(proc, self.config.stop_timeout)
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self.config.stop_timeout
+        await self._end_leftovers(proc, deadline)
         proc.launch.close()
         if proc.cgroup is not None:
             self.booster.cgroups.remove(proc.cgroup)
         self.booster.state_changed()
 
-    async def _end_leftovers(self, proc: InstanceProcess, timeout: float) -> None:
+    async def _end_leftovers(self, proc: InstanceProcess, deadline: float) -> None:
+        """What outlived the instance has no manager left to stop it: TERM it now,
+        KILL what is still there at ``deadline``."""
         loop = asyncio.get_running_loop()
+        remaining = max(0.0, deadline - loop.time())
         cgroups = self.booster.cgroups
-        if proc.cgroup is not None:
-            if not await cgroups.wait_empty(proc.cgroup, timeout, loop):
-                self._log.warning("processes left in the instance's cgroup; killing them",
-                                  pids=cgroups.pids(proc.cgroup))
-                cgroups.kill(proc.cgroup)
-                await cgroups.wait_empty(proc.cgroup, KILL_GRACE, loop)
+        if proc.cgroup is None:
+            await self.booster.end_adopted(self.account.uid, remaining)
             return
-        await self.booster.end_adopted(self.account.uid, timeout)
+        if not cgroups.populated(proc.cgroup):
+            return
+        cgroups.signal(proc.cgroup, signal.SIGTERM)
+        if not await cgroups.wait_empty(proc.cgroup, remaining, loop):
+            self._log.warning("processes left in the instance's cgroup; killing them",
+                              pids=cgroups.pids(proc.cgroup))
+            cgroups.kill(proc.cgroup)
+            await cgroups.wait_empty(proc.cgroup, KILL_GRACE, loop)
 
     async def _teardown(self) -> None:
         if self.state is UserState.GONE:
             return
         self._set(UserState.STOPPING)
-        proc = self.process
-        if proc is not None:
-            self._log.info("stopping instance", pid=proc.pid)
-            await self._stop_process(proc)
-            await self._clear_instance()
+        if self.process is not None:
+            self._log.info("stopping instance", pid=self.process.pid)
+            await self._stop_and_clear()
         # Each step on its own: one that fails must not keep the others from running.
         steps = [("user directory", rundir.remove, self.user_dir, 0)]
         if self.managed_rundir:

@@ -72,6 +72,8 @@ class BoosterProc:
         self.log_path = base / "booster.log"
         self.proc: subprocess.Popen | None = None
         self.wrapper: list[str] = []
+        self._pid: int | None = None
+        self._started: float | None = None
 
     @property
     def socket(self) -> str:
@@ -103,22 +105,43 @@ class BoosterProc:
         if not data.startswith(b"ready"):
             self.kill()
             raise AssertionError(f"booster did not become ready:\n{self.log()}")
+        self._pid = self._find_pid()
+        self._started = psutil.Process(self._pid).create_time()
         return self
 
     @property
     def pid(self) -> int:
         """The booster's own pid: under a wrapper (``unshare --fork``, which
         ignores SIGTERM while it waits), the descendant running ``booster serve``."""
+        if self._pid is None:
+            self._pid = self._find_pid()
+        return self._pid
+
+    def _find_pid(self) -> int:
         if not self.wrapper:
             return self.proc.pid
-        for child in psutil.Process(self.proc.pid).children(recursive=True):
+        top = psutil.Process(self.proc.pid)  # a wrapper that execs the booster is the booster
+        for child in [top, *top.children(recursive=True)]:
             try:
                 cmdline = child.cmdline()
             except psutil.Error:
                 continue
-            if "serve" in cmdline and any(arg.endswith("/booster") for arg in cmdline):
+            # The process running the script: [python, .../booster, serve, ...] (a wrapper
+            # shell has them further along its own arguments).
+            if any(arg.endswith("/booster") and cmdline[i + 1:i + 2] == ["serve"]
+                   for i, arg in enumerate(cmdline[:2])):
                 return child.pid
         return self.proc.pid
+
+    def running(self) -> bool:
+        """Is the booster itself (not just its wrapper) still alive?"""
+        if self.proc is None or self._pid is None:
+            return False
+        try:
+            proc = psutil.Process(self._pid)
+            return proc.create_time() == self._started and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
 
     def log(self) -> str:
         try:
@@ -146,8 +169,10 @@ class BoosterProc:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         """Signal it and wait; returns its exit status."""
-        if self.proc.poll() is None:
+        if self.running():
             os.kill(self.pid, sig)
+        elif self.proc.poll() is None:
+            self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -155,10 +180,10 @@ class BoosterProc:
             raise AssertionError(f"booster did not exit within {timeout} s after {sig}:\n{self.log()}")
 
     def kill(self) -> None:
+        """SIGKILL the booster (and its wrapper) if either still runs."""
+        if self.running() and self._pid != self.proc.pid:
+            os.kill(self._pid, signal.SIGKILL)
         if self.proc is not None and self.proc.poll() is None:
-            pid = self.pid
-            if pid != self.proc.pid:
-                os.kill(pid, signal.SIGKILL)
             self.proc.kill()
             self.proc.wait(10)
 
@@ -222,11 +247,14 @@ def new_booster(backend: str = "runit", start: bool = True, **overrides) -> Boos
 def dispose(b: BoosterProc) -> str | None:
     """Stop ``b`` if it runs and remove its files; the failure text, if any."""
     failure = None
-    if b.proc is not None and b.proc.poll() is None:
+    if b.proc is not None and (b.proc.poll() is None or b.running()):
         try:
             b.stop()
         except AssertionError as exc:
             failure = str(exc)
+        if b.running():  # the wrapper went, the booster stayed
+            b.kill()
+            failure = failure or "the booster outlived its wrapper"
     shutil.rmtree(b.base, ignore_errors=True)
     return failure
 

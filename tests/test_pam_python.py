@@ -19,15 +19,18 @@ import contextlib
 import os
 import re
 import select
+import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import psutil
 import pytest
 
 import pamkit
-from conftest import install_autostart, python_line, wait_gone
+from conftest import install_autostart, instance_of, python_line, wait_gone
 
 DBUS_DAEMON = "/usr/bin/dbus-daemon"
 DBUS_ARGS = "--session --nofork --nosyslog --address=unix:path=$XDG_RUNTIME_DIR/bus"
@@ -89,6 +92,12 @@ def session_lines(b, session: int) -> list[str]:
     return [line for line in b.log().splitlines() if f" session={session}" in line]
 
 
+def instance_env(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as fh:
+        raw = fh.read()
+    return dict(item.decode().split("=", 1) for item in raw.split(b"\0") if item)
+
+
 def wait_user_gone(b, user) -> None:
     pamkit.wait_for(lambda: b.user(user.name) is None, 20, desc=f"the booster done with {user.name}")
 
@@ -110,6 +119,40 @@ def test_login_shell_gets_the_rundir_and_a_working_session_bus(booster_factory, 
         assert re.search(r'string ":1\.\d+"', out.stdout), out.stdout  # dbus-send itself
         wait_user_gone(b, u)
         assert not os.path.lexists(rundir)
+
+
+def test_runtime_dir_set_earlier_in_the_stack_stands(booster_factory, backend):
+    """pam_env sets XDG_RUNTIME_DIR before the module runs: the login keeps it,
+    the instance uses it, the booster makes no directory of its own."""
+    with login_user(backend) as u:
+        b = booster_factory(backend)
+        own = tempfile.mkdtemp(prefix="bt-ownrun-")
+        envdir = tempfile.mkdtemp(prefix="bt-pamenv-")
+        try:
+            os.chown(own, u.uid, u.gid)
+            os.chmod(own, 0o700)
+            envfile = os.path.join(envdir, "environment")
+            with open(envfile, "w") as fh:
+                fh.write(f"XDG_RUNTIME_DIR={own}\n")
+            text = pamkit.minimal_stack(
+                f"required pam_env.so readenv=1 envfile={envfile} conffile=/dev/null user_readenv=0",
+                python_line(b), auth="sufficient pam_rootok.so")
+            cmd = 'echo "XDG=$XDG_RUNTIME_DIR"; exec cat'
+            with pamkit.login_popen("runuser", u, cmd, text, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as app:
+                assert read_line(app.stdout) == f"XDG={own}", b.log()
+                pid = instance_of(b, u.name)
+                assert pid, b.log()
+                assert instance_env(pid)["XDG_RUNTIME_DIR"] == own
+                assert not os.path.lexists(b.rundir(u.uid))
+                app.stdin.close()
+                app.wait(30)
+            assert app.returncode == 0
+            wait_user_gone(b, u)
+            st = os.stat(own)  # still there, still the user's
+            assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (u.uid, 0o700)
+        finally:
+            shutil.rmtree(own, ignore_errors=True)
+            shutil.rmtree(envdir, ignore_errors=True)
 
 
 @pytest.mark.parametrize("tool", ["su", "runuser"])

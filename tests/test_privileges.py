@@ -17,18 +17,24 @@ import re
 import shutil
 import tempfile
 
+import psutil
 import pytest
 
 import pamkit
-from conftest import INVOKER, exec_service, install_autostart, instance_of, wait_gone
+from conftest import BOOSTER, INVOKER, exec_service, install_autostart, instance_of, wait_gone
 from common import protocol as p
 from invoker.client import Client, Refused
 
 CAPSH = shutil.which("capsh") or "/usr/sbin/capsh"
+# The harness finds a wrapped booster among the wrapper's descendants (as under
+# `unshare --fork`).  A wrapper that execs the booster would leave only the warm
+# children there, which have the booster's command line: so every wrapper here
+# ends in a shell that runs the booster as its child and waits for it.
+RUN_AS_CHILD = ["-c", '"$@"; exit $?', "booster-wrapper"]
 # SECBIT_NO_SETUID_FIXUP (1 << 2): a uid change no longer clears the capability
 # sets, so the spawned child's "no capabilities left" check must fail.  capsh's
-# "--" runs bash with the remaining arguments: bash execs the booster.
-NO_SETUID_FIXUP = [CAPSH, "--secbits=4", "--", "-c", 'exec "$@"', "booster-under-capsh"]
+# "--" runs bash with the remaining arguments.
+NO_SETUID_FIXUP = [CAPSH, "--secbits=4", "--", *RUN_AS_CHILD]
 CAP_SETS = ("CapInh", "CapPrm", "CapEff", "CapAmb")
 ANON_ALLOWED = {"anon_inode:[eventpoll]", "anon_inode:[timerfd]", "anon_inode:[signalfd]",
                 "anon_inode:inotify", "anon_inode:[eventfd]"}
@@ -40,6 +46,16 @@ def grouped_user(backend):
     with pamkit.temp_user(groups=2) as u:
         install_autostart(u, backend)
         yield u
+
+
+def start_wrapped(b, wrapper: list[str]):
+    """Start ``b`` under ``wrapper`` and check that the harness's ``b.pid`` is
+    the booster itself (a child of the wrapper), not one of its warm children."""
+    b.start(wrapper=wrapper)
+    booster = psutil.Process(b.pid)
+    assert booster.cmdline()[1:3] == [BOOSTER, "serve"] and booster.ppid() == b.proc.pid, \
+        pamkit.describe_procs([psutil.Process(b.proc.pid), *psutil.Process(b.proc.pid).children(recursive=True)])
+    return b
 
 
 def fd_table(pid: int) -> dict[int, str]:
@@ -192,8 +208,8 @@ def test_instance_scheduling_and_limits_are_reset(booster_factory, backend, user
     # The booster itself runs niced, SCHED_BATCH and with another open-files limit:
     # none of that may reach the instance.
     b = booster_factory(backend, start=False)
-    b.start(wrapper=["chrt", "--batch", "0", "nice", "-n", "7",
-                     "prlimit", f"--nofile={nofile[0]}:{nofile[1]}"])
+    start_wrapped(b, ["chrt", "--batch", "0", "nice", "-n", "7",
+                     "prlimit", f"--nofile={nofile[0]}:{nofile[1]}", "/bin/sh", *RUN_AS_CHILD])
     assert os.getpriority(os.PRIO_PROCESS, b.pid) == 7
     assert os.sched_getscheduler(b.pid) == os.SCHED_BATCH
     assert open_files_limit(b.pid) == nofile
@@ -208,7 +224,7 @@ def test_instance_scheduling_and_limits_are_reset(booster_factory, backend, user
 
 def test_failed_privilege_check_fails_the_login_and_is_not_retried(booster_factory, backend, user):
     b = booster_factory(backend, start=False, restart_limit=5)
-    b.start(wrapper=NO_SETUID_FIXUP)
+    start_wrapped(b, NO_SETUID_FIXUP)
     client = Client(b.socket, "test").connect()
     try:
         with pytest.raises(Refused) as refused:
@@ -223,7 +239,7 @@ def test_failed_privilege_check_fails_the_login_and_is_not_retried(booster_facto
     log = b.log()
     assert "privilege step failed in the spawned child" in log, log
     assert user_spawns(b, user.name) == 1, log
-    assert f"old=starting new=starting" not in log and "restart limit reached" not in log, log
+    assert "old=starting new=starting" not in log and "restart limit reached" not in log, log
     wait_gone(user.uid)
     assert pamkit.procs_of_uid(user.uid, zombies=False) == []
     assert not os.path.exists(b.rundir(user.uid))
@@ -233,7 +249,7 @@ def test_failed_privilege_check_through_a_pam_login(booster_factory, backend, us
     """The same through a real PAM stack: with ``--required`` the login is
     refused, and the hook's output (pam_exec ``log=``) names the check."""
     b = booster_factory(backend, start=False)
-    b.start(wrapper=NO_SETUID_FIXUP)
+    start_wrapped(b, NO_SETUID_FIXUP)
     logdir = tempfile.mkdtemp(prefix="bt-hooklog-")
     try:
         hook_log = os.path.join(logdir, "invoker.log")

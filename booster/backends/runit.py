@@ -36,6 +36,8 @@ fi
 # Touch the directory only when the link is wrong: runsvdir holds off scanning a
 # directory changed within the current second, which would delay the login by 1 s.
 [ "$(readlink -- "$1/booster-ready")" = "$2" ] || ln -sfn -- "$2" "$1/booster-ready"
+# dash exports the PWD it computed: the instance's environment is the booster's alone.
+unset PWD
 exec "$3" -P "$1"
 """
 
