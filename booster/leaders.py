@@ -86,31 +86,11 @@ class ProcConnectorWatcher(LeaderWatcher):
     kind = "proc-connector"
 
     def __init__(self, loop) -> None:
-        from pyroute2.netlink import NLMSG_DONE
-        from pyroute2.netlink.connector.cn_proc import (
-            CN_IDX_PROC, CN_VAL_PROC, PROC_CN_MCAST_LISTEN, ProcEventMarshal, proc_event_control,
-        )
-
         self._loop = loop
-        self._marshal = ProcEventMarshal()
         self._by_pid: dict[int, set[Watch]] = {}
         self._log = log.get("leaders")
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-                             _NETLINK_CONNECTOR)
-        try:
-            sock.bind((0, CN_IDX_PROC))
-            msg = proc_event_control()
-            msg["header"]["type"] = NLMSG_DONE
-            msg["header"]["pid"] = sock.getsockname()[0]
-            msg["action"] = PROC_CN_MCAST_LISTEN
-            msg["idx"], msg["val"], msg["len"] = CN_IDX_PROC, CN_VAL_PROC, 4
-            msg.encode()
-            sock.send(msg.data)
-        except BaseException:
-            sock.close()
-            raise
-        self._sock = sock
-        loop.add_reader(sock.fileno(), self._on_readable)
+        self._sock = proc_connector_socket(blocking=False)
+        loop.add_reader(self._sock.fileno(), self._on_readable)
 
     def watch(self, pid: int, callback: Callable[[], None]) -> Watch:
         handle = Watch(self, pid, callback)
@@ -147,11 +127,8 @@ class ProcConnectorWatcher(LeaderWatcher):
                     if not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z":
                         self._exited(pid)
                 continue
-            for event in self._marshal.parse(data):
-                if event.get("event") == "PROC_EVENT_EXIT":
-                    pid = event.get("process_pid")
-                    if pid == event.get("process_tgid"):
-                        self._exited(pid)
+            for pid, _status in process_exits(data):
+                self._exited(pid)
 
     def _exited(self, pid: int) -> None:
         for handle in list(self._by_pid.get(pid, ())):
@@ -161,6 +138,44 @@ class ProcConnectorWatcher(LeaderWatcher):
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
         self._by_pid.clear()
+
+
+def proc_connector_socket(blocking: bool = False) -> socket.socket:
+    """A netlink socket subscribed to the kernel's process events (root only;
+    pids are those of the initial PID namespace)."""
+    from pyroute2.netlink import NLMSG_DONE
+    from pyroute2.netlink.connector.cn_proc import CN_IDX_PROC, CN_VAL_PROC, PROC_CN_MCAST_LISTEN, proc_event_control
+
+    flags = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | (0 if blocking else socket.SOCK_NONBLOCK)
+    sock = socket.socket(socket.AF_NETLINK, flags, _NETLINK_CONNECTOR)
+    try:
+        sock.bind((0, CN_IDX_PROC))
+        msg = proc_event_control()
+        msg["header"]["type"] = NLMSG_DONE
+        msg["header"]["pid"] = sock.getsockname()[0]
+        msg["action"] = PROC_CN_MCAST_LISTEN
+        msg["idx"], msg["val"], msg["len"] = CN_IDX_PROC, CN_VAL_PROC, 4
+        msg.encode()
+        sock.send(msg.data)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+_MARSHAL = None
+
+
+def process_exits(data: bytes) -> list[tuple[int, int]]:
+    """(pid, wait status) of every process (not thread) exit in a datagram read
+    from ``proc_connector_socket``."""
+    global _MARSHAL
+    if _MARSHAL is None:
+        from pyroute2.netlink.connector.cn_proc import ProcEventMarshal
+
+        _MARSHAL = ProcEventMarshal()
+    return [(event.get("process_pid"), event.get("exit_code")) for event in _MARSHAL.parse(data)
+            if event.get("event") == "PROC_EVENT_EXIT" and event.get("process_pid") == event.get("process_tgid")]
 
 
 def _state(pid: int) -> str | None:

@@ -10,7 +10,6 @@ only if it is the client itself or the client's parent.
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 import struct
 

@@ -104,13 +104,12 @@ class Client:
             if deadline is None:
                 self.sock.settimeout(None)
             else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ConnectionLost("timed out waiting for the booster")
-                self.sock.settimeout(remaining)
+                # At or past the deadline the read does not block: what has already
+                # arrived (an ENDED frame, end-of-file) still counts.
+                self.sock.settimeout(max(0.0, deadline - time.monotonic()))
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except (socket.timeout, BlockingIOError):
                 raise ConnectionLost("timed out waiting for the booster") from None
             except OSError as exc:
                 raise ConnectionLost(f"connection broken: {exc}") from None

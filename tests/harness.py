@@ -255,8 +255,35 @@ def dispose(b: BoosterProc) -> str | None:
         if b.running():  # the wrapper went, the booster stayed
             b.kill()
             failure = failure or "the booster outlived its wrapper"
+    failure = failure or remove_cgroup_tree(b.state_dir)
     shutil.rmtree(b.base, ignore_errors=True)
     return failure
+
+
+def remove_cgroup_tree(state_dir: str) -> str | None:
+    """Remove what a booster killed with SIGKILL left of its cgroup subtree (a
+    booster that stops in order removes it itself).  Processes still in it after
+    a while are killed (they descend from the test's booster) and reported."""
+    from booster import cgroups
+
+    mount, own = cgroups._unified_mount(), cgroups._own_path()
+    if mount is None or own is None:
+        return None
+    base = os.path.join(mount, own.lstrip("/"), cgroups.tree_name(state_dir))
+    if not os.path.isdir(base):
+        return None
+    tree = cgroups.CgroupTree(mount, base)
+    left = []
+    for path in tree.leftovers():
+        try:
+            pamkit.wait_for(lambda: not tree.populated(path), 10, desc=f"{path} empty")
+        except TimeoutError:
+            left += tree.pids(path)
+            tree.kill(path)
+            pamkit.wait_for(lambda: not tree.populated(path), 5, desc=f"{path} empty after cgroup.kill")
+        os.rmdir(path)
+    os.rmdir(base)
+    return f"processes left in the booster's cgroups: {left}" if left else None
 
 
 def as_user(user, fn) -> list[str]:

@@ -42,17 +42,20 @@ import psutil
 import pytest
 
 import pamkit
-from conftest import INVOKER, PYTHON, BoosterProc, install_autostart, instance_of, wait_gone
+from conftest import INVOKER, PYTHON, BoosterProc, instance_of, wait_gone
 
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 
 # pid 1 of every PID namespace the tests make: run the command, reap every
 # process of the namespace, exit once nothing is left (with the command's
-# status; 128+N and a line on stderr when a signal killed it).  As a pid 1 it
-# gets no signal it has no handler for, except SIGKILL from outside.
+# status; 128+N and a line on stderr when a signal killed it).  Processes
+# that entered the namespace with nsenter are not its children: with a /proc
+# of the namespace's own it waits for them too (through pidfds), for when pid
+# 1 exits the kernel kills whatever is left.  As a pid 1 it gets no signal it
+# has no handler for, except SIGKILL from outside.
 NSINIT_SRC = r'''
-import os, sys
+import os, select, sys
 cmd = sys.argv[1:]
 main = os.fork()
 if main == 0:
@@ -66,12 +69,44 @@ null = os.open(os.devnull, os.O_RDWR)
 os.dup2(null, 0)
 os.dup2(null, 1)
 os.closerange(3, 1 << 16)
+
+
+def strangers():
+    """Live processes of this namespace that are not ours to reap."""
+    try:
+        if os.readlink("/proc/self") != "1":
+            return []  # /proc is not of this namespace
+        pids = [int(n) for n in os.listdir("/proc") if n.isdigit() and n != "1"]
+    except OSError:
+        return []
+    live = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    live.append(pid)
+        except (OSError, IndexError):
+            pass
+    return live
+
+
 code = 127
 while True:
     try:
         pid, status = os.wait()
     except ChildProcessError:
-        break
+        fds = []
+        for pid in strangers():
+            try:
+                fds.append(os.pidfd_open(pid))
+            except OSError:
+                pass
+        if not fds:
+            break
+        select.select(fds, [], [])
+        for fd in fds:
+            os.close(fd)
+        continue
     if pid == main:
         if os.WIFSIGNALED(status):
             sys.stderr.write(f"nsinit: {cmd[0]} killed by signal {os.WTERMSIG(status)}\n")
@@ -91,7 +126,6 @@ STOP_TIMEOUT = 3.0
 # --------------------------------------------------------------------------
 # The proc connector: how processes we did not start ended.
 
-_NETLINK_CONNECTOR = 11
 _SO_RCVBUFFORCE = 33
 
 
@@ -101,39 +135,18 @@ class ProcExits:
     those of our (the initial) PID namespace."""
 
     def __init__(self) -> None:
-        from pyroute2.netlink import NLMSG_DONE
-        from pyroute2.netlink.connector.cn_proc import (
-            CN_IDX_PROC, CN_VAL_PROC, PROC_CN_MCAST_IGNORE, PROC_CN_MCAST_LISTEN, ProcEventMarshal,
-            proc_event_control,
-        )
+        from booster import leaders
 
-        self._marshal = ProcEventMarshal()
+        self._parse = leaders.process_exits
         self._events: dict[int, list[tuple[float, int]]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.overruns = 0
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_CONNECTOR)
+        sock = leaders.proc_connector_socket(blocking=True)
         try:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 32 << 20)
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-            sock.bind((0, CN_IDX_PROC))
-        except BaseException:
-            sock.close()
-            raise
-
-        def control(action: int) -> None:
-            msg = proc_event_control()
-            msg["header"]["type"] = NLMSG_DONE
-            msg["header"]["pid"] = sock.getsockname()[0]
-            msg["action"] = action
-            msg["idx"], msg["val"], msg["len"] = CN_IDX_PROC, CN_VAL_PROC, 4
-            msg.encode()
-            sock.send(msg.data)
-
-        control(PROC_CN_MCAST_LISTEN)
-        self._control, self._ignore = control, PROC_CN_MCAST_IGNORE
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 32 << 20)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self._sock = sock
         sock.settimeout(0.1)
         self._thread = threading.Thread(target=self._run, name="proc-connector", daemon=True)
@@ -151,10 +164,9 @@ class ProcExits:
                     continue
                 return
             now = time.monotonic()
-            for event in self._marshal.parse(data):
-                if event.get("event") == "PROC_EVENT_EXIT" and event.get("process_pid") == event.get("process_tgid"):
-                    with self._lock:
-                        self._events.setdefault(event.get("process_pid"), []).append((now, event.get("exit_code")))
+            with self._lock:
+                for pid, status in self._parse(data):
+                    self._events.setdefault(pid, []).append((now, status))
 
     def exit_of(self, pid: int, since: float, timeout: float = 15.0) -> tuple[float, int]:
         """(time, wait status) of ``pid``'s first exit after ``since``."""
@@ -172,9 +184,7 @@ class ProcExits:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
-        with contextlib.suppress(OSError):
-            self._control(self._ignore)
-        self._sock.close()
+        self._sock.close()  # closing the socket ends the subscription
 
 
 def describe_status(status: int) -> str:
@@ -285,6 +295,14 @@ def _ns_pids(pid: int) -> list[int]:
         return []
 
 
+def _populated(cgroup: str) -> bool:
+    try:
+        with open(os.path.join(cgroup, "cgroup.events")) as fh:
+            return "populated 1" in fh.read()
+    except FileNotFoundError:
+        return False
+
+
 def ns_ino(pid: int, kind: str) -> int:
     return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
 
@@ -302,25 +320,27 @@ class PlacedBooster:
         self.b, self.placement, self.kit = b, placement, kit
         self.pid = 0
         self.pidfd = -1
+        self.cgroup: str | None = None
 
     def start(self) -> "PlacedBooster":
         if self.b.proc is not None and self.b.proc.poll() is None:
             self.b.proc.wait(15)  # a killed booster's unshare: until its namespace is empty
         if self.placement == "host":
             self.b.start()
-            self.pid = self.b.pid
+            self.pid = self.b.proc.pid
         else:
             self.b.start(wrapper=[UNSHARE, "--pid", "--fork", "--mount-proc", "--kill-child", "--",
                                   PYTHON, "-I", self.kit.nsinit])
             # unshare -> NSINIT (pid 1 there) -> the booster (pid 2, NSINIT's first fork).
-            found = [q for q in live_descendants(self.b.pid) if _ns_pids(q.pid)[1:] == [2]]
+            found = [q for q in live_descendants(self.b.proc.pid) if _ns_pids(q.pid)[1:] == [2]]
             assert len(found) == 1 and "serve" in _cmdline(found[0]), \
-                pamkit.describe_procs(live_descendants(self.b.pid))
+                pamkit.describe_procs(live_descendants(self.b.proc.pid))
             self.pid = found[0].pid
             assert ns_ino(self.pid, "pid") != ns_ino(os.getpid(), "pid")
         if self.pidfd >= 0:
             os.close(self.pidfd)
         self.pidfd = os.pidfd_open(self.pid)
+        self.cgroup = self.b.state_file()["cgroup"]
         return self
 
     @property
@@ -341,9 +361,16 @@ class PlacedBooster:
             raise AssertionError(f"booster {self.pid} still runs after {timeout} s:\n{self.b.log()}")
         return time.monotonic()
 
-    def enter_prefix(self) -> list[str]:
-        """What runs a command in the booster's PID namespace."""
-        return [] if self.placement == "host" else [NSENTER, "--target", str(self.pid), "--pid", "--"]
+    def instance(self, name: str) -> psutil.Process:
+        """The instance of user ``name``.  ``booster status`` gives its pid as
+        the booster sees it: in "pidns" that is a pid of the booster's namespace."""
+        pid = instance_of(self.b, name)
+        assert pid, self.b.status()
+        if self.placement == "host":
+            return psutil.Process(pid)
+        found = [q for q in live_descendants(self.pid) if _ns_pids(q.pid)[-1:] == [pid]]
+        assert len(found) == 1, pamkit.describe_procs(live_descendants(self.pid))
+        return found[0]
 
     def held_visible(self, service: str, user, **kw) -> pamkit.HeldSession:
         """A pam_exec session whose PAM application the booster can see."""
@@ -370,6 +397,20 @@ class PlacedBooster:
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
+        # A booster killed by the test (and not started again, as when the test
+        # failed) leaves its cgroup subtree.  Its instances end by their
+        # parent-death signal (dinit can take 5 s: it waits to flush its
+        # console, a pipe to the dead booster); then rmdir takes the subtree.
+        if self.cgroup and os.path.isdir(self.cgroup):
+            with contextlib.suppress(TimeoutError):
+                pamkit.wait_for(lambda: not _populated(self.cgroup), 15, interval=0.1,
+                                desc=f"{self.cgroup} to empty")
+            for name in os.listdir(self.cgroup):
+                if name.startswith("instance-"):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(os.path.join(self.cgroup, name))
+            with contextlib.suppress(OSError):
+                os.rmdir(self.cgroup)
 
 
 @pytest.fixture
@@ -436,19 +477,10 @@ def popen_group():
             pamkit.terminate(proc)
 
 
-def restart_and_check_cleanup(b: BoosterProc) -> None:
-    """Start ``b`` again with the same config: it must clean what the killed
-    one left and serve."""
-    before = b.log()
-    b.start()
-    new = b.log()[len(before):]
-    assert "cleaned up after a previous booster" in new, new
-
-
 # --------------------------------------------------------------------------
 # The booster sees the client (a child namespace): no holder.
 
-def test_client_in_child_namespaces_needs_no_holder(booster_factory, ns_kit, backend, user, tmp_path):
+def test_client_in_child_namespaces_needs_no_holder(backend, user, booster_factory, ns_kit, tmp_path):
     b = booster_factory(backend)
     hook_log = str(tmp_path / "hook.log")
     with pam_log_service(b, hook_log) as svc, ns_kit.held_in_new_ns(svc, user) as held:
@@ -472,7 +504,7 @@ def test_client_in_child_namespaces_needs_no_holder(booster_factory, ns_kit, bac
     assert "holder" not in read(hook_log) and "session ended by the booster" not in read(hook_log)
 
 
-def test_login_and_logout_from_child_namespaces(booster_factory, ns_kit, backend, user):
+def test_login_and_logout_from_child_namespaces(backend, user, booster_factory, ns_kit):
     """The plain path across namespaces: open and close, nothing left."""
     b = booster_factory(backend)
     with pam_log_service(b, os.path.join(ns_kit.dir, "hook.log")) as svc, ns_kit.held_in_new_ns(svc, user) as held:
@@ -487,7 +519,7 @@ def test_login_and_logout_from_child_namespaces(booster_factory, ns_kit, backend
 # The booster cannot see the client: a holder carries the connection.
 
 def test_holder_carries_the_session_and_ends_it_when_the_pam_application_dies(
-        placed_factory, ns_kit, proc_exits, backend, user):
+        backend, user, placed_factory, ns_kit, proc_exits):
     placed = placed_factory("pidns", backend)
     b = placed.b
     hook_log = os.path.join(ns_kit.dir, "hook.log")
@@ -512,7 +544,7 @@ def test_holder_carries_the_session_and_ends_it_when_the_pam_application_dies(
     assert held.proc.returncode == 128 + signal.SIGKILL  # nsinit reports the PAM application's death
 
 
-def test_holder_closes_with_the_pam_session(placed_factory, ns_kit, proc_exits, backend, user):
+def test_holder_closes_with_the_pam_session(backend, user, placed_factory, ns_kit, proc_exits):
     """close_session from another namespace finds the holder's session by its
     namespace and leader; the holder gets ENDED and leaves in order."""
     placed = placed_factory("pidns", backend)
@@ -529,7 +561,7 @@ def test_holder_closes_with_the_pam_session(placed_factory, ns_kit, proc_exits, 
     assert held.proc.returncode == 0
 
 
-def test_killed_holder_ends_its_session(placed_factory, ns_kit, backend, user):
+def test_killed_holder_ends_its_session(backend, user, placed_factory, ns_kit):
     placed = placed_factory("pidns", backend)
     b = placed.b
     with pam_log_service(b, os.path.join(ns_kit.dir, "hook.log")) as svc, \
@@ -555,7 +587,7 @@ def test_killed_holder_ends_its_session(placed_factory, ns_kit, backend, user):
     assert len(log_lines(b.log(), "session connection closed")) == 2
 
 
-def test_booster_killed_holder_and_invokers_exit_on_eof(placed_factory, ns_kit, proc_exits, backend, user):
+def test_booster_killed_holder_and_invokers_exit_on_eof(backend, user, placed_factory, ns_kit, proc_exits):
     placed = placed_factory("pidns", backend)
     b = placed.b
     hook_log = os.path.join(ns_kit.dir, "hook.log")
@@ -563,7 +595,7 @@ def test_booster_killed_holder_and_invokers_exit_on_eof(placed_factory, ns_kit, 
         holder = invokers_below(held.pid)[0]
         interactive, err = open_interactive(ns_kit.new_ns([]), b, user, ns_kit.dir, "open")
         procs.append(interactive)
-        instance = psutil.Process(instance_of(b, user.name))
+        instance = placed.instance(user.name)
         since = placed.signal(signal.SIGKILL)
         placed.wait_gone(10)
         _, status = proc_exits.exit_of(holder.pid, since)
@@ -576,15 +608,16 @@ def test_booster_killed_holder_and_invokers_exit_on_eof(placed_factory, ns_kit, 
         # The logout goes on without a booster.
         assert held.close() == 0
     # A booster started again cleans what was left, and serves.
+    before = len(b.log())
     placed.start()
-    assert "cleaned up after a previous booster" in b.log()
+    assert "cleaned up after a previous booster" in b.log()[before:], b.log()[before:]
     with pam_log_service(b, hook_log) as svc, ns_kit.held_in_new_ns(svc, user) as held:
         assert invokers_below(held.pid) and instance_of(b, user.name)
         assert held.close() == 0
     wait_gone(user.uid)
 
 
-def test_booster_sigterm_disconnects_the_holder_in_order(placed_factory, ns_kit, proc_exits, backend, user):
+def test_booster_sigterm_disconnects_the_holder_in_order(backend, user, placed_factory, ns_kit, proc_exits):
     placed = placed_factory("pidns", backend)
     b = placed.b
     hook_log = os.path.join(ns_kit.dir, "hook.log")

@@ -69,8 +69,10 @@ def test_pamtester_open_and_close_in_one_go(booster_factory, backend, user):
     assert "session closed" in b.log() and "instance stopped" in b.log()
 
 
-def test_pam_application_killed_ends_its_session(booster_factory, backend, user):
-    b = booster_factory(backend)
+@pytest.mark.parametrize("leader_watch", ["pidfd", "proc-connector"])
+def test_pam_application_killed_ends_its_session(booster_factory, backend, user, leader_watch):
+    b = booster_factory(backend, leader_watch=leader_watch)
+    assert f"leader_watch={leader_watch}" in b.log()
     with exec_service(b) as svc, pamkit.HeldSession(svc, user.name) as held:
         assert instance_of(b, user.name)
         held.kill(signal.SIGKILL)  # close_session never runs
