@@ -305,10 +305,11 @@ def temp_user(prefix: str = "bt", groups: int = 0, *, shell: str = "/bin/bash",
             if cp.returncode != 0:
                 raise RuntimeError(f"useradd {cand} failed ({cp.returncode}): {cp.stderr}")
             uid = pwd.getpwnam(cand).pw_uid
-            if procs_of_uid(uid, zombies=False):
+            if procs_of_uid(uid):
                 # useradd recycles the lowest free uid.  Processes left by a
-                # deleted user still run under it: the new user would inherit
-                # them (and fail the leftover check).  Take a higher uid.
+                # deleted user still run under it (or wait, as zombies, for this
+                # machine's slow pid 1): the new user would inherit them and
+                # fail checks for "no process of the user".  Take a higher uid.
                 _run_retrying(["userdel", "-f", "-r", cand], retry_rcs=())
                 uid_min = uid + 1
                 continue
