@@ -308,3 +308,25 @@ def as_user(user, fn) -> list[str]:
     _, status = os.waitpid(pid, 0)
     assert status == 0, out
     return out
+
+
+def refused_required_login(b: BoosterProc, user) -> str:
+    """Log ``user`` in through a pam_exec stack with ``--required``, expect
+    open_session to fail, and return what the hook wrote (pam_exec ``log=``)."""
+    logdir = tempfile.mkdtemp(prefix="bt-hooklog-")
+    try:
+        hook_log = os.path.join(logdir, "invoker.log")
+        line = f"required pam_exec.so log={hook_log} {INVOKER} --socket {b.socket} --required"
+        with pamkit.pam_service(pamkit.minimal_stack(line)) as svc:
+            try:
+                with pamkit.HeldSession(svc, user.name):
+                    pass
+            except pamkit.PamError as failed:
+                assert failed.step == "open", failed
+            else:
+                raise AssertionError("the login was not refused")
+        with open(hook_log) as fh:
+            return fh.read()
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+

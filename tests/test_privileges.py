@@ -15,13 +15,12 @@ import contextlib
 import os
 import re
 import shutil
-import tempfile
 
 import psutil
 import pytest
 
 import pamkit
-from conftest import BOOSTER, INVOKER, exec_service, install_autostart, instance_of, wait_gone
+from conftest import BOOSTER, exec_service, install_autostart, instance_of, refused_required_login, wait_gone
 from common import protocol as p
 from invoker.client import Client, Refused
 
@@ -250,20 +249,8 @@ def test_failed_privilege_check_through_a_pam_login(booster_factory, backend, us
     refused, and the hook's output (pam_exec ``log=``) names the check."""
     b = booster_factory(backend, start=False)
     start_wrapped(b, NO_SETUID_FIXUP)
-    logdir = tempfile.mkdtemp(prefix="bt-hooklog-")
-    try:
-        hook_log = os.path.join(logdir, "invoker.log")
-        line = f"required pam_exec.so log={hook_log} {INVOKER} --socket {b.socket} --required"
-        with pamkit.pam_service(pamkit.minimal_stack(line)) as svc:
-            with pytest.raises(pamkit.PamError) as failed:
-                with pamkit.HeldSession(svc, user.name):
-                    pass
-        assert failed.value.step == "open", failed.value
-        with open(hook_log) as fh:
-            output = fh.read()
-        assert "open_session failed" in output and "privilege step failed" in output, output
-        pamkit.wait_for(lambda: b.user(user.name) is None, 10, desc="the user given up")
-        assert user_spawns(b, user.name) == 1, b.log()
-        wait_gone(user.uid)
-    finally:
-        shutil.rmtree(logdir, ignore_errors=True)
+    output = refused_required_login(b, user)
+    assert "open_session failed" in output and "privilege step failed" in output, output
+    pamkit.wait_for(lambda: b.user(user.name) is None, 10, desc="the user given up")
+    assert user_spawns(b, user.name) == 1, b.log()
+    wait_gone(user.uid)
