@@ -130,8 +130,11 @@ def test_non_root_client_cannot_open_or_close(booster_factory, backend, user):
     assert "only root may open sessions" in b.log() and "only root may close sessions" in b.log()
 
 
-def test_killed_instance_is_started_again(booster_factory, backend, user):
-    b = booster_factory(backend)
+@pytest.mark.parametrize("cgroup", ["auto", "off"])
+def test_killed_instance_is_started_again(booster_factory, backend, user, cgroup):
+    # With cgroup = "off" the orphaned service of the killed instance is found
+    # as a process re-parented to the booster (a subreaper) and ended.
+    b = booster_factory(backend, cgroup=cgroup)
     with exec_service(b) as svc, pamkit.HeldSession(svc, user.name) as held:
         first = instance_of(b, user.name)
         os.kill(first, signal.SIGKILL)
@@ -198,3 +201,17 @@ def test_login_timeout(booster_factory, backend):
         assert 1.4 < elapsed < 8
         pamkit.wait_for(lambda: b.user(u.name) is None, 15, desc="the user gone")
         wait_gone(u.uid)
+
+
+def test_stop_delay_keeps_the_instance_for_the_next_login(booster_factory, backend, user):
+    b = booster_factory(backend, stop_delay=3)
+    with exec_service(b) as svc:
+        with pamkit.HeldSession(svc, user.name):
+            pid = instance_of(b, user.name)
+        pamkit.wait_for(lambda: b.user(user.name)["state"] == "idle", 5, desc="the instance idle")
+        assert b.user(user.name)["sessions"] == 0 and instance_of(b, user.name) == pid
+        with pamkit.HeldSession(svc, user.name):  # within the delay: the same instance, ready at once
+            assert instance_of(b, user.name) == pid and b.user(user.name)["state"] == "ready"
+        pamkit.wait_for(lambda: b.user(user.name) is None, 15, desc="the instance stopped after the delay")
+    wait_gone(user.uid)
+
