@@ -27,7 +27,7 @@ from booster.cgroups import CgroupTree
 from booster.leaders import make_watcher
 from booster.peers import identify_leader, still_parent
 from booster.pool import WarmPool
-from booster.reaper import Reaper
+from booster.reaper import Reaper, start_time
 from booster.server import ClientConnection, Listener, Refused
 from booster.users import KILL_GRACE, Session, UserInstance
 from common import protocol as p
@@ -187,7 +187,7 @@ class Booster:
                 "rundir": user.managed_rundir,
             })
         warm = [{"pid": child.pid, "started": child.started} for child in self.pool.children()]
-        state = {"pid": os.getpid(), "started": _create_time(os.getpid()), "backend": self.backend.name,
+        state = {"pid": os.getpid(), "started": start_time(os.getpid()), "backend": self.backend.name,
                  "cgroup": self.cgroups.base if self.cgroups else None,
                  "instances": instances, "warm": warm}
         tmp = self.state_path + ".tmp"
@@ -396,15 +396,8 @@ class Booster:
             pass  # not empty (something of the admin's is in it): leave it
 
 
-def _create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
 def _same_process(pid: int, started) -> bool:
-    return started is not None and _create_time(pid) == started
+    return started is not None and start_time(pid) == started
 
 
 def _kill_tree(pid: int) -> list[int]:

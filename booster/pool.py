@@ -17,10 +17,8 @@ import socket
 import time
 from typing import NoReturn
 
-import psutil
-
 from booster import cgroups, log
-from booster.reaper import ExitStatus, Reaper
+from booster.reaper import ExitStatus, Reaper, start_time
 from booster.spawn import EXIT_SETUP, become_instance, receive_order, report, reset_signals, set_parent_death_signal
 
 _DEATHS_WINDOW = 10.0  # seconds; more than 3 * pool_size deaths in it pauses refilling
@@ -41,10 +39,7 @@ class WarmChild:
     def started(self) -> float | None:
         """Its start time (psutil's create_time), for the state file."""
         if self._started is None:
-            try:
-                self._started = psutil.Process(self.pid).create_time()
-            except psutil.Error:
-                pass
+            self._started = start_time(self.pid)
         return self._started
 
 

@@ -25,12 +25,10 @@ import socket
 import stat
 import time
 
-import psutil
-
 from booster import log, rundir
 from booster.accounts import Account
 from booster.backends.base import InstanceSpec, Launch, StartError
-from booster.reaper import ExitStatus
+from booster.reaper import ExitStatus, start_time
 from booster.spawn import NO_RETRY_CODES, SpawnOrder, send_order
 from common.protocol import EndReason, ErrorCode
 
@@ -93,7 +91,7 @@ class InstanceProcess:
         self.cgroup = cgroup  # the cgroup it runs in (below the cgroup2 mount), if any
         self.exited: asyncio.Future[ExitStatus] = loop.create_future()
         self.started = time.monotonic()
-        self.create_time = _create_time(pid)
+        self.create_time = start_time(pid)
         self.last_output: collections.deque[str] = collections.deque(maxlen=3)
 
     def died_before_ready(self, status: ExitStatus, detail: str = "") -> str:
@@ -111,13 +109,6 @@ class InstanceProcess:
     @property
     def alive(self) -> bool:
         return not self.exited.done()
-
-
-def _create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
 
 
 class UserInstance:

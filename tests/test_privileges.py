@@ -11,7 +11,6 @@ Every test runs on each backend.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -20,7 +19,7 @@ import psutil
 import pytest
 
 import pamkit
-from conftest import BOOSTER, exec_service, install_autostart, instance_of, refused_required_login, wait_gone
+from conftest import BOOSTER, install_autostart, instance_of, logged_in, refused_required_login, wait_gone
 from common import protocol as p
 from invoker.client import Client, Refused
 
@@ -100,25 +99,6 @@ def open_files_limit(pid: int) -> tuple[int, int]:
                 soft, hard = line.split()[3:5]
                 return int(soft), int(hard)
     raise AssertionError(f"no open files limit for {pid}")
-
-
-@contextlib.contextmanager
-def logged_in(b, user, *extra: str):
-    """A pam_exec login held open; on the way out it is closed and the user's
-    processes are waited for, even when the body failed."""
-    failed = False
-    try:
-        with exec_service(b, *extra) as svc, pamkit.HeldSession(svc, user.name) as held:
-            yield held
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        try:
-            wait_gone(user.uid)
-        except TimeoutError:
-            if not failed:
-                raise
 
 
 def instance_env(pid: int) -> dict[str, str]:

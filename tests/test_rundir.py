@@ -21,30 +21,9 @@ import tempfile
 import pytest
 
 import pamkit
-from conftest import exec_service, instance_of, refused_required_login, wait_gone
+from conftest import instance_of, logged_in, refused_required_login, wait_gone
 from common import protocol as p
 from invoker.client import Client, Refused
-
-
-@contextlib.contextmanager
-def logged_in(b, user, *extra: str, pam_env: dict | None = None):
-    """A pam_exec login held open; whatever happens in the body, on the way out
-    it is closed and the user's processes are waited for."""
-    failed = False
-    try:
-        with exec_service(b, *extra) as svc, pamkit.HeldSession(svc, user.name, pam_env=pam_env) as held:
-            yield held
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        try:
-            wait_gone(user.uid)
-            # The booster forgets the user after its teardown (rundir removal included).
-            pamkit.wait_for(lambda: b.user(user.name) is None, 10, desc="the booster done with the user")
-        except TimeoutError:
-            if not failed:
-                raise
 
 
 @contextlib.contextmanager
