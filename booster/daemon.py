@@ -282,10 +282,10 @@ class Booster:
                 session_id=session.id, reason=int(reason),
                 exit_status=-1 if status is None or status.code is None else status.code,
                 signal=0 if status is None or status.signal is None else status.signal,
-                text=(getattr(failure, "text", "") or reason.name.lower().replace("_", " "))[:1024],
+                text=(getattr(failure, "text", "") or p.EndReason.name(reason).lower().replace("_", " "))[:1024],
             ))
         self._log.info("session ended", user=session.user.account.name, session=session.id,
-                       reason=reason.name if reason is not None else "connection")
+                       reason=p.EndReason.name(reason) if reason is not None else "connection")
         session.user.remove_session(session)
 
     def _leader_exited(self, session: Session) -> None:

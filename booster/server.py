@@ -178,7 +178,7 @@ class ClientConnection:
             try:
                 await self._serve()
             except Refused as refused:
-                self._log.info("request refused", code=refused.code.name, reason=refused.text)
+                self._log.info("request refused", code=p.ErrorCode.name(refused.code), reason=refused.text)
                 await self._send_error(refused.code, refused.text)
             except _Gone:
                 pass

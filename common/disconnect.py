@@ -9,40 +9,39 @@ drives it with ``poll`` for blocking callers (the invoker, the holder) and
 Neither imports asyncio: this module stays cheap for the invoker.
 """
 
-from __future__ import annotations
-
-import enum
 import errno
 import select
-import socket
 import time
-from typing import Generator
+
+from _socket import MSG_DONTWAIT, SHUT_WR
 
 _DRAIN_CHUNK = 65536
 _DRAIN_LIMIT = 1 << 20  # a peer that keeps talking past this is not disconnecting
 
 
-class Outcome(enum.Enum):
+class Outcome:
+    """How a disconnect ended (plain strings: this module is on the login path)."""
+
     CLEAN = "clean"      # the peer's end-of-file arrived in time
     TIMEOUT = "timeout"  # the peer did not close within the time limit
     RESET = "reset"      # the connection broke (reset, or already gone)
     FLOOD = "flood"      # the peer kept sending instead of closing
 
 
-def _steps(sock: socket.socket, timeout: float) -> Generator[float, None, Outcome]:
+def _steps(sock, timeout: float):
     """Yield how long to wait for readability; return the outcome.  Closes ``sock``."""
     deadline = time.monotonic() + timeout
     drained = 0
     try:
         try:
             sock.setblocking(False)  # a socket timeout would make recv wait past the deadline
-            sock.shutdown(socket.SHUT_WR)
+            sock.shutdown(SHUT_WR)
         except OSError as exc:
             if exc.errno != errno.ENOTCONN:
                 return Outcome.RESET
         while True:
             try:
-                data = sock.recv(_DRAIN_CHUNK, socket.MSG_DONTWAIT)
+                data = sock.recv(_DRAIN_CHUNK, MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -60,7 +59,7 @@ def _steps(sock: socket.socket, timeout: float) -> Generator[float, None, Outcom
         sock.close()
 
 
-def disconnect(sock: socket.socket, timeout: float) -> Outcome:
+def disconnect(sock, timeout: float) -> str:
     """Blocking orderly disconnect of ``sock``, bounded by ``timeout`` seconds."""
     steps = _steps(sock, timeout)
     poller = select.poll()
@@ -75,7 +74,7 @@ def disconnect(sock: socket.socket, timeout: float) -> Outcome:
         steps.close()  # on an exception (KeyboardInterrupt, say) this still closes the socket
 
 
-async def disconnect_async(sock: socket.socket, timeout: float, loop) -> Outcome:
+async def disconnect_async(sock, timeout: float, loop) -> str:
     """The same for a non-blocking socket on an asyncio event loop ``loop``."""
     steps = _steps(sock, timeout)
     fd = sock.fileno()

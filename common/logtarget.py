@@ -5,8 +5,6 @@ socket; else to stderr (so nothing vanishes on machines without syslog).
 Standard library only; the booster puts structlog on top (``booster/log.py``).
 """
 
-from __future__ import annotations
-
 import os
 import stat
 import sys

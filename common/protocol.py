@@ -22,17 +22,17 @@ Field encodings (all integers big-endian, never native sizes):
 
 A payload must be exactly as long as its fields; ``MAX_PAYLOAD`` bounds it.
 ``docs/protocol.md`` describes every message byte by byte.
+
+Every login imports this module (the pam_exec hook and the pam_python module
+run it), so it costs what ``struct`` costs and no more: messages are plain
+slotted classes, the code tables plain classes of integer constants; no
+``dataclasses``, ``enum`` or ``typing``.
 """
 
-from __future__ import annotations
-
-import dataclasses
-import enum
 import struct
-from typing import ClassVar, Iterator
 
 MAGIC = b"DB"
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct(">2sBBI")
 HEADER_SIZE = HEADER.size
 MAX_FRAME = 65536
@@ -42,7 +42,22 @@ ENV_KEY_LIMIT = 255
 ENV_VALUE_LIMIT = 4095
 
 
-class ErrorCode(enum.IntEnum):
+class _Codes:
+    """Integer constants of one kind; ``name(value)`` gives a constant's name."""
+
+    @classmethod
+    def name(cls, value: int) -> str:
+        for key, val in vars(cls).items():
+            if val == value and key.isupper():
+                return key
+        return str(value)
+
+    @classmethod
+    def values(cls) -> list:
+        return sorted(val for key, val in vars(cls).items() if key.isupper())
+
+
+class ErrorCode(_Codes):
     """Reason codes carried by ERROR frames (u16)."""
 
     MALFORMED = 1            # the frame could not be decoded
@@ -59,26 +74,52 @@ class ErrorCode(enum.IntEnum):
     LEADER_UNKNOWN = 12      # the session leader process cannot be identified
 
 
-class EndReason(enum.IntEnum):
+class EndReason(_Codes):
     """Why the booster ended a session that was bound to a connection (u16)."""
 
     CLOSED = 1           # closed by a close-session request on another connection
     LEADER_EXITED = 2    # the PAM application process died
     INSTANCE_FAILED = 3  # the user's instance failed for good
     SHUTDOWN = 4         # the booster is stopping
+    TERMINATED = 5       # root asked the booster to end all of the user's sessions
 
 
-class OpenFlags(enum.IntFlag):
+class OpenFlags(_Codes):
     """Flags of OPEN_SESSION (u32)."""
 
     KEEP_CONNECTION = 1  # the connection carries the session: its EOF ends it
     NO_RUNDIR = 2        # do not manage the runtime directory for this login
 
 
-class HelloFlags(enum.IntFlag):
+class HelloFlags(_Codes):
     """Flags of the booster's HELLO (u32)."""
 
     PEER_VISIBLE = 1  # the booster can see the client's process (same or child PID namespace)
+
+
+class StatusFlags(_Codes):
+    """Flags of STATUS_ENTRY (u32)."""
+
+    LINGER = 1     # the instance stays without sessions (booster linger)
+    PREWARMED = 2  # started by a pre-warm that no session has claimed yet
+
+
+class MessageType(_Codes):
+    HELLO = 1
+    OPEN_SESSION = 2
+    WAIT = 3
+    READY = 4
+    ERROR = 5
+    CLOSE_SESSION = 6
+    CLOSED = 7
+    ENDED = 8
+    STATUS_REQUEST = 9
+    STATUS_ENTRY = 10
+    STATUS_END = 11
+    PREWARM = 12
+    TERMINATE = 13
+    LINGER = 14
+    ACK = 15
 
 
 # --- errors -------------------------------------------------------------------
@@ -87,7 +128,7 @@ class HelloFlags(enum.IntFlag):
 class ProtocolError(Exception):
     """Base of every protocol error; ``code`` is what an ERROR frame would carry."""
 
-    code: ErrorCode = ErrorCode.MALFORMED
+    code = ErrorCode.MALFORMED
 
 
 class LocalProtocolError(ProtocolError):
@@ -138,6 +179,8 @@ class UnexpectedMessage(RemoteProtocolError):
 
 
 class _Int:
+    __slots__ = ("struct", "lo", "hi")
+
     def __init__(self, fmt: str, signed: bool = False):
         self.struct = struct.Struct(">" + fmt)
         bits = self.struct.size * 8
@@ -145,13 +188,13 @@ class _Int:
         self.hi = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
 
     def check(self, name: str, value) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or not self.lo <= value <= self.hi:
+        if type(value) is not int or not self.lo <= value <= self.hi:  # bool is not an int here
             raise LocalProtocolError(f"field {name!r}: {value!r} is not an integer in [{self.lo}, {self.hi}]")
 
     def encode(self, value: int, out: bytearray) -> None:
         out += self.struct.pack(value)
 
-    def decode(self, name: str, buf: memoryview, pos: int) -> tuple[int, int]:
+    def decode(self, name: str, buf: memoryview, pos: int):
         end = pos + self.struct.size
         if end > len(buf):
             raise MalformedPayload(f"payload too short for field {name!r}")
@@ -165,8 +208,9 @@ _LEN = struct.Struct(">H")
 class Str:
     """A length-prefixed UTF-8 string of at most ``limit`` bytes."""
 
+    __slots__ = ("limit",)
+
     def __init__(self, limit: int):
-        assert limit < 65536
         self.limit = limit
 
     def check(self, name: str, value) -> None:
@@ -186,7 +230,7 @@ class Str:
         out += _LEN.pack(len(raw))
         out += raw
 
-    def decode(self, name: str, buf: memoryview, pos: int) -> tuple[str, int]:
+    def decode(self, name: str, buf: memoryview, pos: int):
         if pos + 2 > len(buf):
             raise MalformedPayload(f"payload too short for field {name!r}")
         (size,) = _LEN.unpack_from(buf, pos)
@@ -208,7 +252,9 @@ _ENV_KEY, _ENV_VALUE = Str(ENV_KEY_LIMIT), Str(ENV_VALUE_LIMIT)
 
 
 class Env:
-    """A list of (key, value) environment entries."""
+    """A tuple of (key, value) environment entries."""
+
+    __slots__ = ()
 
     def check(self, name: str, value) -> None:
         if not isinstance(value, tuple):
@@ -248,164 +294,209 @@ class Env:
 
 
 ENV = Env()
+_REQUIRED = object()
 
 
 # --- messages -------------------------------------------------------------------
 
 
-class MessageType(enum.IntEnum):
-    HELLO = 1
-    OPEN_SESSION = 2
-    WAIT = 3
-    READY = 4
-    ERROR = 5
-    CLOSE_SESSION = 6
-    CLOSED = 7
-    ENDED = 8
-    STATUS_REQUEST = 9
-    STATUS_ENTRY = 10
-    STATUS_END = 11
-
-
 class Message:
-    """Base of all messages: frozen, slotted dataclasses that validate themselves."""
+    """Base of all messages: immutable, slotted, and checked when made.
+
+    A subclass lists its fields once, in wire order, in ``FIELDS`` as
+    ``(name, kind, default)`` (``_REQUIRED`` for no default); its slots are
+    those names."""
 
     __slots__ = ()
-    TYPE: ClassVar[MessageType]
-    FIELDS: ClassVar[tuple[tuple[str, object], ...]]
+    TYPE = 0
+    FIELDS = ()
 
-    def __post_init__(self) -> None:
-        for name, kind in self.FIELDS:
-            kind.check(name, getattr(self, name))
+    def __init__(self, *args, **kwargs) -> None:
+        fields = self.FIELDS
+        if len(args) > len(fields):
+            raise TypeError(f"{type(self).__name__} takes at most {len(fields)} fields")
+        for i, (name, kind, default) in enumerate(fields):
+            if i < len(args):
+                if name in kwargs:
+                    raise TypeError(f"{type(self).__name__}: field {name!r} given twice")
+                value = args[i]
+            elif name in kwargs:
+                value = kwargs.pop(name)
+            elif default is not _REQUIRED:
+                value = default
+            else:
+                raise TypeError(f"{type(self).__name__}: field {name!r} missing")
+            kind.check(name, value)
+            object.__setattr__(self, name, value)
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}: no field {next(iter(kwargs))!r}")
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def values(self) -> tuple:
+        return tuple(getattr(self, name) for name, _, _ in self.FIELDS)
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.values() == other.values()
+
+    def __hash__(self):
+        return hash((self.TYPE, self.values()))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name, _, _ in self.FIELDS)
+        return f"{type(self).__name__}({inner})"
 
 
-def _message(type_: MessageType, **fields):
-    """Class decorator: a frozen dataclass whose field kinds come from ``fields``."""
-
-    def wrap(cls):
-        cls.TYPE = type_
-        cls.FIELDS = tuple(fields.items())
-        return dataclasses.dataclass(frozen=True, slots=True)(cls)
-
-    return wrap
+def _slots(fields) -> tuple:
+    return tuple(name for name, _, _ in fields)
 
 
-@_message(MessageType.HELLO, pid=U32, pidns=U64, flags=U32, agent=Str(64))
 class Hello(Message):
     """First frame each way.  ``pid`` and ``pidns`` (the inode of the sender's
     PID namespace) are as the sender sees them; the booster's ``flags`` say
     whether it can see the client's process (``HelloFlags``)."""
 
-    pid: int
-    pidns: int
-    flags: int
-    agent: str
+    TYPE = MessageType.HELLO
+    FIELDS = (("pid", U32, _REQUIRED), ("pidns", U64, _REQUIRED), ("flags", U32, _REQUIRED),
+              ("agent", Str(64), _REQUIRED))
+    __slots__ = _slots(FIELDS)
 
 
-@_message(
-    MessageType.OPEN_SESSION,
-    user=Str(256), service=Str(256), tty=Str(256), rhost=Str(1024), ruser=Str(256),
-    leader_pid=U32, flags=U32, runtime_dir=Str(4095),
-)
 class OpenSession(Message):
     """Open a session for ``user``.  ``leader_pid`` is the PAM application's pid as
     the client sees it; ``runtime_dir`` is ``XDG_RUNTIME_DIR`` if an earlier PAM
-    module set it, else empty."""
+    module set it, else empty (a hint the booster checks)."""
 
-    user: str
-    service: str = ""
-    tty: str = ""
-    rhost: str = ""
-    ruser: str = ""
-    leader_pid: int = 0
-    flags: int = 0
-    runtime_dir: str = ""
+    TYPE = MessageType.OPEN_SESSION
+    FIELDS = (("user", Str(256), _REQUIRED), ("service", Str(256), ""), ("tty", Str(256), ""),
+              ("rhost", Str(1024), ""), ("ruser", Str(256), ""), ("leader_pid", U32, 0), ("flags", U32, 0),
+              ("runtime_dir", Str(4095), ""))
+    __slots__ = _slots(FIELDS)
 
 
-@_message(MessageType.WAIT, session_id=U64, timeout_ms=U32)
 class Wait(Message):
     """The session is accepted and its instance is starting; READY or ERROR follows
     within ``timeout_ms``."""
 
-    session_id: int
-    timeout_ms: int
+    TYPE = MessageType.WAIT
+    FIELDS = (("session_id", U64, _REQUIRED), ("timeout_ms", U32, _REQUIRED))
+    __slots__ = _slots(FIELDS)
 
 
-@_message(MessageType.READY, session_id=U64, env=ENV)
 class Ready(Message):
     """The user's instance is ready; ``env`` is what the login should export."""
 
-    session_id: int
-    env: tuple = ()
+    TYPE = MessageType.READY
+    FIELDS = (("session_id", U64, _REQUIRED), ("env", ENV, ()))
+    __slots__ = _slots(FIELDS)
 
 
-@_message(MessageType.ERROR, code=U16, text=Str(1024))
 class Error(Message):
-    code: int
-    text: str
+    TYPE = MessageType.ERROR
+    FIELDS = (("code", U16, _REQUIRED), ("text", Str(1024), _REQUIRED))
+    __slots__ = _slots(FIELDS)
 
 
-@_message(MessageType.CLOSE_SESSION, session_id=U64, user=Str(256), leader_pid=U32)
 class CloseSession(Message):
     """Close a session: by ``session_id`` when known, else the session of ``user``
     whose leader is ``leader_pid`` (as the client sees it)."""
 
-    session_id: int = 0
-    user: str = ""
-    leader_pid: int = 0
+    TYPE = MessageType.CLOSE_SESSION
+    FIELDS = (("session_id", U64, 0), ("user", Str(256), ""), ("leader_pid", U32, 0))
+    __slots__ = _slots(FIELDS)
 
 
-@_message(MessageType.CLOSED, session_id=U64)
 class Closed(Message):
-    session_id: int
+    TYPE = MessageType.CLOSED
+    FIELDS = (("session_id", U64, _REQUIRED),)
+    __slots__ = _slots(FIELDS)
 
 
-@_message(MessageType.ENDED, session_id=U64, reason=U16, exit_status=I32, signal=U8, text=Str(1024))
 class Ended(Message):
     """The booster ended a connection-bound session.  When the instance failed,
     ``exit_status`` is its exit code (or -1) and ``signal`` the signal that killed
     it (or 0)."""
 
-    session_id: int
-    reason: int
-    exit_status: int = -1
-    signal: int = 0
-    text: str = ""
+    TYPE = MessageType.ENDED
+    FIELDS = (("session_id", U64, _REQUIRED), ("reason", U16, _REQUIRED), ("exit_status", I32, -1),
+              ("signal", U8, 0), ("text", Str(1024), ""))
+    __slots__ = _slots(FIELDS)
 
 
-@_message(MessageType.STATUS_REQUEST, user=Str(256))
 class StatusRequest(Message):
     """Ask for the state of one user's instance, or of all (``user`` empty; root only)."""
 
-    user: str = ""
+    TYPE = MessageType.STATUS_REQUEST
+    FIELDS = (("user", Str(256), ""),)
+    __slots__ = _slots(FIELDS)
 
 
-@_message(
-    MessageType.STATUS_ENTRY,
-    uid=U32, user=Str(256), state=Str(32), pid=U32, sessions=U32, restarts=U32, backend=Str(32),
-)
 class StatusEntry(Message):
-    uid: int
-    user: str
-    state: str
-    pid: int
-    sessions: int
-    restarts: int
-    backend: str
+    """One user's instance.  ``flags`` are ``StatusFlags``; for a user whose
+    instance failed for good (state ``failed``), ``exit_status``/``signal`` say
+    how it last ended and ``detail`` why it is not restarted."""
+
+    TYPE = MessageType.STATUS_ENTRY
+    FIELDS = (("uid", U32, _REQUIRED), ("user", Str(256), _REQUIRED), ("state", Str(32), _REQUIRED),
+              ("pid", U32, _REQUIRED), ("sessions", U32, _REQUIRED), ("restarts", U32, _REQUIRED),
+              ("backend", Str(32), _REQUIRED), ("flags", U32, 0), ("exit_status", I32, -1), ("signal", U8, 0),
+              ("detail", Str(1024), ""))
+    __slots__ = _slots(FIELDS)
 
 
-@_message(MessageType.STATUS_END, count=U32, pool=U32)
 class StatusEnd(Message):
     """Ends a status listing; ``pool`` is the number of warm children (0 for non-root)."""
 
-    count: int
-    pool: int
+    TYPE = MessageType.STATUS_END
+    FIELDS = (("count", U32, _REQUIRED), ("pool", U32, _REQUIRED))
+    __slots__ = _slots(FIELDS)
 
 
-MESSAGE_TYPES: dict[int, type[Message]] = {
+class Prewarm(Message):
+    """``user`` is about to log in: start the instance now, do not wait for it
+    (root only; answered with ACK at once)."""
+
+    TYPE = MessageType.PREWARM
+    FIELDS = (("user", Str(256), _REQUIRED),)
+    __slots__ = _slots(FIELDS)
+
+
+class Terminate(Message):
+    """End every session of ``user`` and stop the instance (root only)."""
+
+    TYPE = MessageType.TERMINATE
+    FIELDS = (("user", Str(256), _REQUIRED),)
+    __slots__ = _slots(FIELDS)
+
+
+class Linger(Message):
+    """Keep (``enable`` 1) or stop keeping (0) ``user``'s instance without
+    sessions (root only)."""
+
+    TYPE = MessageType.LINGER
+    FIELDS = (("user", Str(256), _REQUIRED), ("enable", U8, _REQUIRED))
+    __slots__ = _slots(FIELDS)
+
+
+class Ack(Message):
+    """The answer to PREWARM, TERMINATE and LINGER: done; ``value`` and ``text``
+    say what was done (``docs/protocol.md`` gives each request's meaning)."""
+
+    TYPE = MessageType.ACK
+    FIELDS = (("value", U32, 0), ("text", Str(1024), ""))
+    __slots__ = _slots(FIELDS)
+
+
+MESSAGE_TYPES = {
     cls.TYPE: cls
     for cls in (Hello, OpenSession, Wait, Ready, Error, CloseSession, Closed, Ended,
-                StatusRequest, StatusEntry, StatusEnd)
+                StatusRequest, StatusEntry, StatusEnd, Prewarm, Terminate, Linger, Ack)
 }
 
 
@@ -415,14 +506,14 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
 def encode(msg: Message) -> bytes:
     """One complete frame for ``msg``."""
     payload = bytearray()
-    for name, kind in msg.FIELDS:
+    for name, kind, _ in msg.FIELDS:
         kind.encode(getattr(msg, name), payload)
     if len(payload) > MAX_PAYLOAD:
         raise LocalProtocolError(f"{type(msg).__name__}: payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     return HEADER.pack(MAGIC, VERSION, msg.TYPE, len(payload)) + payload
 
 
-def decode_header(header: bytes) -> tuple[type[Message], int]:
+def decode_header(header: bytes):
     """Validate an 8-byte header; return the message class and payload length."""
     magic, version, type_, length = HEADER.unpack(header)
     if magic != MAGIC:
@@ -437,16 +528,17 @@ def decode_header(header: bytes) -> tuple[type[Message], int]:
     return cls, length
 
 
-def decode_payload(cls: type[Message], payload: bytes) -> Message:
+def decode_payload(cls, payload: bytes) -> Message:
     buf = memoryview(payload)
     pos = 0
-    values = {}
-    for name, kind in cls.FIELDS:
-        values[name], pos = kind.decode(name, buf, pos)
+    values = []
+    for name, kind, _ in cls.FIELDS:
+        value, pos = kind.decode(name, buf, pos)
+        values.append(value)
     if pos != len(buf):
         raise MalformedPayload(f"{cls.__name__}: {len(buf) - pos} trailing bytes")
     try:
-        return cls(**values)
+        return cls(*values)
     except LocalProtocolError as exc:  # a decoded value our own checks refuse
         raise MalformedPayload(str(exc)) from None
 
@@ -471,10 +563,12 @@ class Decoder:
     unknown frame is refused before its payload is buffered.  After an error
     the decoder stays broken."""
 
+    __slots__ = ("_buf", "_pending", "_error", "_eof")
+
     def __init__(self) -> None:
         self._buf = bytearray()
-        self._pending: tuple[type[Message], int] | None = None
-        self._error: RemoteProtocolError | None = None
+        self._pending = None
+        self._error = None
         self._eof = False
 
     def feed(self, data: bytes) -> None:
@@ -493,7 +587,7 @@ class Decoder:
     def buffered(self) -> int:
         return len(self._buf)
 
-    def next_message(self) -> Message | None:
+    def next_message(self):
         """The next complete message, or None until more bytes arrive."""
         if self._error is not None:
             raise self._error
@@ -513,7 +607,7 @@ class Decoder:
             self._error = exc
             raise
 
-    def __iter__(self) -> Iterator[Message]:
+    def __iter__(self):
         while (msg := self.next_message()) is not None:
             yield msg
 
@@ -521,12 +615,12 @@ class Decoder:
 # --- connection states --------------------------------------------------------------
 
 
-class Role(enum.Enum):
+class Role:
     CLIENT = "client"
     SERVER = "server"
 
 
-class State(enum.Enum):
+class State:
     START = "start"            # nothing exchanged yet
     HELLO_SENT = "hello-sent"  # the client's HELLO is on its way
     IDLE = "idle"              # handshake done, no request yet
@@ -534,30 +628,35 @@ class State(enum.Enum):
     OPEN = "open"              # READY received; the session exists
     CLOSING = "closing"        # CLOSE_SESSION sent
     STATUS = "status"          # STATUS_REQUEST sent, listing under way
+    REQUEST = "request"        # PREWARM, TERMINATE or LINGER sent, ACK not yet
     DONE = "done"              # exchange over; only end-of-file follows
     ERROR = "error"            # a protocol error happened; permanent
 
 
 _C2S, _S2C = Role.CLIENT, Role.SERVER  # the sender of a frame
-T = MessageType
+_T = MessageType
 
 # (state, sender, message type) -> next state.  Anything else is illegal.
-TRANSITIONS: dict[tuple[State, Role, MessageType], State] = {
-    (State.START, _C2S, T.HELLO): State.HELLO_SENT,
-    (State.HELLO_SENT, _S2C, T.HELLO): State.IDLE,
-    (State.IDLE, _C2S, T.OPEN_SESSION): State.OPENING,
-    (State.IDLE, _C2S, T.CLOSE_SESSION): State.CLOSING,
-    (State.IDLE, _C2S, T.STATUS_REQUEST): State.STATUS,
-    (State.OPENING, _S2C, T.WAIT): State.OPENING,
-    (State.OPENING, _S2C, T.READY): State.OPEN,
-    (State.OPEN, _C2S, T.CLOSE_SESSION): State.CLOSING,
-    (State.OPEN, _S2C, T.ENDED): State.DONE,
-    (State.CLOSING, _S2C, T.CLOSED): State.DONE,
-    (State.CLOSING, _S2C, T.ENDED): State.DONE,  # ended by the booster as the close crossed it
-    (State.STATUS, _S2C, T.STATUS_ENTRY): State.STATUS,
-    (State.STATUS, _S2C, T.STATUS_END): State.DONE,
+TRANSITIONS = {
+    (State.START, _C2S, _T.HELLO): State.HELLO_SENT,
+    (State.HELLO_SENT, _S2C, _T.HELLO): State.IDLE,
+    (State.IDLE, _C2S, _T.OPEN_SESSION): State.OPENING,
+    (State.IDLE, _C2S, _T.CLOSE_SESSION): State.CLOSING,
+    (State.IDLE, _C2S, _T.STATUS_REQUEST): State.STATUS,
+    (State.IDLE, _C2S, _T.PREWARM): State.REQUEST,
+    (State.IDLE, _C2S, _T.TERMINATE): State.REQUEST,
+    (State.IDLE, _C2S, _T.LINGER): State.REQUEST,
+    (State.OPENING, _S2C, _T.WAIT): State.OPENING,
+    (State.OPENING, _S2C, _T.READY): State.OPEN,
+    (State.OPEN, _C2S, _T.CLOSE_SESSION): State.CLOSING,
+    (State.OPEN, _S2C, _T.ENDED): State.DONE,
+    (State.CLOSING, _S2C, _T.CLOSED): State.DONE,
+    (State.CLOSING, _S2C, _T.ENDED): State.DONE,  # ended by the booster as the close crossed it
+    (State.STATUS, _S2C, _T.STATUS_ENTRY): State.STATUS,
+    (State.STATUS, _S2C, _T.STATUS_END): State.DONE,
+    (State.REQUEST, _S2C, _T.ACK): State.DONE,
 }
-del T
+del _T
 
 
 class Connection:
@@ -568,31 +667,33 @@ class Connection:
     ERROR frame is legal in any state and ends the exchange.  Any protocol
     error moves the connection to ``State.ERROR`` for good."""
 
-    def __init__(self, role: Role) -> None:
+    __slots__ = ("role", "peer_role", "state", "decoder", "peer_eof")
+
+    def __init__(self, role: str) -> None:
         self.role = role
-        self.peer_role = Role.SERVER if role is Role.CLIENT else Role.CLIENT
+        self.peer_role = Role.SERVER if role == Role.CLIENT else Role.CLIENT
         self.state = State.START
         self.decoder = Decoder()
         self.peer_eof = False
 
-    def _advance(self, sender: Role, msg: Message, error: type[ProtocolError]) -> None:
-        if self.state is State.ERROR:
+    def _advance(self, sender: str, msg: Message, error) -> None:
+        if self.state == State.ERROR:
             raise error("connection is in the error state")
-        if msg.TYPE == MessageType.ERROR and sender is Role.SERVER:
+        if msg.TYPE == MessageType.ERROR and sender == Role.SERVER:
             self.state = State.DONE
             return
         nxt = TRANSITIONS.get((self.state, sender, msg.TYPE))
         if nxt is None:
             state = self.state
             self.state = State.ERROR
-            raise error(f"{msg.TYPE.name} from the {sender.value} is not allowed in state {state.value}")
+            raise error(f"{MessageType.name(msg.TYPE)} from the {sender} is not allowed in state {state}")
         self.state = nxt
 
     def send(self, msg: Message) -> bytes:
         self._advance(self.role, msg, LocalProtocolError)
         return encode(msg)
 
-    def receive_data(self, data: bytes) -> list[Message]:
+    def receive_data(self, data: bytes) -> list:
         try:
             if data:
                 self.decoder.feed(data)

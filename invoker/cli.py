@@ -1,17 +1,16 @@
-"""``invoker``: the PAM side.
+"""``invoker``: the PAM side's command.
 
-Run by ``pam_exec.so`` (no subcommand): reads ``PAM_TYPE`` and friends, opens
-or closes the session with the booster, and exits.  Where the booster can see
-the PAM application it watches it itself and no process stays behind; where
-it cannot (another PID namespace), a small holder process stays to carry the
-connection.  ``invoker open --user NAME`` holds a session from a terminal,
-for debugging.
+* ``invoker pam-lines`` prints the PAM lines for this installation: the
+  pam_exec line runs ``invoker/hook.py`` under ``python -I -S`` (the per-login
+  path; see ``invoker.hook``), the pam_python line ``invoker/pam_module.py``.
+* ``invoker open --user NAME`` holds a session from a terminal, for debugging.
+* ``invoker`` with no subcommand is the pam_exec hook too (older PAM lines
+  name this script); it pays the full interpreter start-up that the
+  ``-I -S`` line avoids.
 
-Never locks anyone out: unless ``--required`` is given, every failure is
-logged and the login goes on (exit 0).  Standard library and ``common`` only.
+Exit codes: 0 done; 1 failed; 2 usage (or not run from PAM); 3 no booster
+running (``open``).
 """
-
-from __future__ import annotations
 
 import argparse
 import os
@@ -19,116 +18,13 @@ import signal
 import sys
 
 from common import protocol as p
+from invoker import hook
 from invoker.client import BoosterUnavailable, Client, ClientError, wait_readable
 from invoker.log import Log
 
-DEFAULT_SOCKET = "/run/booster/control.sock"
-DISCONNECT_TIMEOUT = 2.0
-
-
-# --- pam_exec -----------------------------------------------------------------------------
-
-
-def pam_main(args) -> int:
-    log = Log()
-    failed = 1 if args.required else 0
-    pam_type, user = os.environ.get("PAM_TYPE", ""), os.environ.get("PAM_USER", "")
-    if not pam_type or not user:
-        log.error("PAM_TYPE or PAM_USER not set: run from pam_exec.so, or use 'invoker open'")
-        return failed
-    if pam_type not in ("open_session", "close_session"):
-        log.warning("not a session call; nothing to do", pam_type=pam_type)
-        return 0
-    leader = os.getppid()  # under pam_exec the parent is the PAM application
-    client = Client(args.socket, f"invoker/pam_exec {pam_type}")
-    try:
-        client.connect()
-    except BoosterUnavailable as exc:
-        log.warning("booster not running; continuing without a user instance", user=user, reason=str(exc))
-        return failed
-    except ClientError as exc:
-        log.error("booster handshake failed", user=user, reason=str(exc))
-        client.close()
-        return failed
-    try:
-        if pam_type == "close_session":
-            client.close_session(user, leader)
-            client.disconnect(DISCONNECT_TIMEOUT)
-            return 0
-        return _open(args, client, user, leader, log)
-    except ClientError as exc:
-        log.error(f"{pam_type} failed", user=user, reason=str(exc))
-        client.close()
-        return failed
-
-
-def _open(args, client: Client, user: str, leader: int, log: Log) -> int:
-    keep = not client.peer_visible
-    flags = p.OpenFlags.NO_RUNDIR if args.norundir else 0
-    leader_fd = -1
-    if keep:
-        # The booster cannot watch the PAM application: we will, from a holder.
-        # Opened now, while the application certainly waits for us.
-        flags |= p.OpenFlags.KEEP_CONNECTION
-        leader_fd = os.pidfd_open(leader)
-    session_id, _env = client.open_session(
-        user, service=os.environ.get("PAM_SERVICE", ""), tty=os.environ.get("PAM_TTY", ""),
-        rhost=os.environ.get("PAM_RHOST", ""), ruser=os.environ.get("PAM_RUSER", ""),
-        leader_pid=leader, flags=int(flags), runtime_dir=os.environ.get("XDG_RUNTIME_DIR", ""),
-        timeout=args.timeout,
-    )
-    if not keep:
-        client.disconnect(DISCONNECT_TIMEOUT)
-        return 0
-    if os.fork() == 0:
-        try:
-            _hold(client, leader_fd, user, session_id)
-        finally:
-            os._exit(0)
-    client.close()  # the holder has its own copy: closing ours does not end the connection
-    os.close(leader_fd)
-    return 0
-
-
-def _hold(client: Client, leader_fd: int, user: str, session_id: int) -> None:
-    """The holder: carry the connection until the PAM application dies (then
-    disconnect in order) or the booster ends the session or goes away."""
-    os.setsid()
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    os.close(null)
-    log = Log()
-    sock_fd = client.fileno()
-    while True:
-        ready = wait_readable([sock_fd, leader_fd], None)
-        if leader_fd in ready:
-            outcome = client.disconnect(DISCONNECT_TIMEOUT)
-            log.info("PAM application exited; session ended", user=user, session=session_id,
-                     disconnect=outcome.value)
-            return
-        if sock_fd in ready:
-            try:
-                event = client.next_event(0)
-            except ClientError as exc:
-                log.warning("session connection broken", user=user, reason=str(exc))
-                client.close()
-                return
-            if event is None:
-                log.info("booster closed the session's connection", user=user, session=session_id)
-                client.close()
-                return
-            if isinstance(event, p.Ended):
-                client.disconnect(DISCONNECT_TIMEOUT)
-                log.info("session ended by the booster", user=user, session=session_id,
-                         reason=_reason(event.reason))
-                return
-
-
-def _reason(code: int) -> str:
-    try:
-        return p.EndReason(code).name.lower()
-    except ValueError:
-        return str(code)
+DEFAULT_SOCKET = hook.DEFAULT_SOCKET
+DISCONNECT_TIMEOUT = hook.DISCONNECT_TIMEOUT
+PAM_PYTHON_SO = "/lib/security/pam_python.so"
 
 
 # --- interactive --------------------------------------------------------------------------
@@ -163,7 +59,7 @@ def open_main(args) -> int:
         if wake_r in ready:
             os.read(wake_r, 64)
             outcome = client.disconnect(DISCONNECT_TIMEOUT)
-            log.info("session closed", user=args.user, disconnect=outcome.value)
+            log.info("session closed", user=args.user, disconnect=outcome)
             return 0
         try:
             event = client.next_event(0)
@@ -181,7 +77,7 @@ def open_main(args) -> int:
 
 
 def _exit_for(event: p.Ended, log: Log, user: str) -> int:
-    reason = _reason(event.reason)
+    reason = p.EndReason.name(event.reason).lower()
     if event.reason != p.EndReason.INSTANCE_FAILED:
         log.info("session ended by the booster", user=user, reason=reason, text=event.text)
         return 0
@@ -203,28 +99,89 @@ def _tty() -> str:
         return ""
 
 
+# --- PAM lines -----------------------------------------------------------------------------
+
+
+def pam_lines(socket: str, mode: str, prewarm: bool) -> str:
+    """The PAM lines for this installation, with absolute paths."""
+    package = os.path.dirname(os.path.abspath(hook.__file__))
+    exec_args = "" if socket == DEFAULT_SOCKET else f" --socket {socket}"
+    python_args = "" if socket == DEFAULT_SOCKET else f" socket={socket}"
+    exec_cmd = f"{sys.executable} -I -S {os.path.join(package, 'hook.py')}{exec_args}"
+    module = f"{PAM_PYTHON_SO} {os.path.join(package, 'pam_module.py')}{python_args}"
+    out = ["# dinit-booster PAM lines for this installation (printed by 'invoker pam-lines').",
+           "# Add them after the other lines of their type in the PAM services whose logins",
+           "# should get an instance (/etc/pam.d/common-session and common-account for all).",
+           "# 'optional': a booster that is down never blocks a login (add --required or",
+           "# required to the arguments, and use 'required', to refuse logins without one)."]
+    if mode in ("exec", "all"):
+        out += ["",
+                "# pam_exec: any PAM application.  The booster ends the session when the PAM",
+                "# application exits, so the hook runs for open_session only.",
+                f"session optional pam_exec.so type=open_session {exec_cmd}"]
+        if prewarm:
+            out += ["# Pre-warm: start the instance in the account phase.  Under pam_exec it costs",
+                    "# a second interpreter start per login (docs/benchmarks.md says when it pays).",
+                    f"account optional pam_exec.so type=account {exec_cmd}"]
+    if mode in ("python", "all"):
+        out += ["",
+                "# pam_python (apt install libpam-python): in-process, and exports",
+                "# XDG_RUNTIME_DIR and DBUS_SESSION_BUS_ADDRESS to the login.  Not for PAM",
+                "# clients that are themselves Python programs (python-pam, pamela).",
+                f"session optional {module}"]
+        if prewarm:
+            out += ["# Pre-warm: start the instance in the account phase (in-process: nearly free).",
+                    f"account optional {module}"]
+    return "\n".join(out) + "\n"
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("dinit-booster")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 # --- entry ---------------------------------------------------------------------------------
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["open"]:
-        parser = argparse.ArgumentParser(prog="invoker open", description="hold a session for a user")
-        parser.add_argument("--user", required=True)
-        parser.add_argument("--socket", default=DEFAULT_SOCKET)
-        parser.add_argument("--timeout", type=float, default=120.0)
-        parser.add_argument("--norundir", action="store_true")
+        parser = argparse.ArgumentParser(prog="invoker open", description="Open a session for a user and hold it "
+                                         "until Ctrl-C or until the booster ends it (for debugging).",
+                                         epilog="exit status: 0 closed; 1 failed; 2 usage; 3 no booster running; "
+                                                "the instance's own status if it failed for good")
+        parser.add_argument("--user", required=True, help="whose session to open")
+        parser.add_argument("--socket", default=DEFAULT_SOCKET, help=f"the booster's socket (default {DEFAULT_SOCKET})")
+        parser.add_argument("--timeout", type=float, default=120.0,
+                            help="seconds to wait for the instance at most (default 120)")
+        parser.add_argument("--norundir", action="store_true", help="do not manage XDG_RUNTIME_DIR for this session")
         return open_main(parser.parse_args(argv[1:]))
-    parser = argparse.ArgumentParser(
-        prog="invoker", description="PAM session hook for the booster (session optional pam_exec.so "
-                                    "/path/to/invoker [options]); 'invoker open --user NAME' to debug")
-    parser.add_argument("--socket", default=DEFAULT_SOCKET)
-    parser.add_argument("--timeout", type=float, default=120.0,
-                        help="seconds to wait for the instance at most (the booster's login_timeout applies too)")
-    parser.add_argument("--norundir", action="store_true", help="do not manage XDG_RUNTIME_DIR for this service")
-    parser.add_argument("--required", action="store_true",
-                        help="exit 1 on failure (otherwise the login always goes on)")
-    return pam_main(parser.parse_args(argv))
+    if argv[:1] == ["pam-lines"]:
+        parser = argparse.ArgumentParser(prog="invoker pam-lines",
+                                         description="Print the PAM lines for this installation.")
+        parser.add_argument("--socket", default=DEFAULT_SOCKET, help=f"the booster's socket (default {DEFAULT_SOCKET})")
+        parser.add_argument("--mode", choices=("exec", "python", "all"), default="all",
+                            help="pam_exec lines, pam_python lines, or both (default)")
+        parser.add_argument("--prewarm", action="store_true", help="add the account-phase pre-warm lines")
+        args = parser.parse_args(argv[1:])
+        sys.stdout.write(pam_lines(args.socket, args.mode, args.prewarm))
+        return 0
+    if argv[:1] == ["--version"]:
+        print(f"invoker (dinit-booster) {_version()}")
+        return 0
+    if argv[:1] in (["-h"], ["--help"]):
+        print("usage: invoker pam-lines [--mode exec|python|all] [--prewarm] [--socket PATH]\n"
+              "       invoker open --user NAME [--socket PATH] [--timeout SECONDS] [--norundir]\n"
+              "       invoker --version\n"
+              "       invoker [--socket PATH] [--timeout SECONDS] [--norundir] [--required]   (from pam_exec.so)\n"
+              "\nThe PAM side of dinit-booster.  'invoker pam-lines' prints the lines to put in /etc/pam.d.\n"
+              "exit status: 0 ok; 1 failed; 2 usage, or not run from PAM; 3 no booster running (open)")
+        return 0
+    return hook.run(argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,6 @@
 """The invoker's log: one line per event, to stderr or syslog (``common.logtarget``
 decides).  Standard library only; the pam_python module uses it too."""
 
-from __future__ import annotations
-
 import os
 import sys
 

@@ -10,20 +10,29 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 import pamkit
-from conftest import INVOKER, PYTHON
+from conftest import INVOKER, PAM_MODULE, PYTHON
 
-HEAVY = ("structlog", "asyncio", "psutil", "pyroute2", "daemon", "booster", "json", "tomllib")
+HOOK = str(Path(PAM_MODULE).with_name("hook.py"))
+# What the per-login path may import beyond what `python -I -S` has loaded:
+# built-in modules and the lean client.  (`os` and `socket` alone cost ~10 ms.)
+LEAN = {"select", "_socket", "_struct", "struct", "errno", "common", "common.protocol", "common.disconnect",
+        "invoker", "invoker.client"}
 
 
-def hook(socket: str, pam_type: str, user: str, *args: str, importtime: bool = False, **pam_env: str):
+def hook(socket: str, pam_type: str, user: str, *args: str, importtime: bool = False, script: bool = False,
+         **pam_env: str):
+    """Run the hook as the PAM line does (``python -I -S hook.py``), or the
+    ``invoker`` script older lines name (``script=True``)."""
     env = {"PAM_TYPE": pam_type, "PAM_USER": user, "PAM_SERVICE": "test", **pam_env}
-    argv = [INVOKER, "--socket", socket, *args]
+    argv = [INVOKER] if script else [PYTHON, "-I", "-S", HOOK]
+    argv += ["--socket", socket, *args]
     if importtime:
-        argv = [PYTHON, "-X", "importtime", *argv]
+        argv = [argv[0], "-X", "importtime", *argv[1:]]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
 
 
@@ -31,22 +40,33 @@ def imported(stderr: str) -> set[str]:
     names = set()
     for line in stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
-            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
-    return names
+            names.add(line.rsplit("|", 1)[1].strip())
+    return names - {"imported package"}
 
 
-def test_success_path_imports_only_the_standard_library_and_common(booster_factory):
+def test_success_path_imports_only_builtins_and_the_lean_client(booster_factory):
+    floor = imported(subprocess.run([PYTHON, "-I", "-S", "-X", "importtime", "-c", "pass"], capture_output=True,
+                                    text=True).stderr)
     b = booster_factory("runit")
     with pamkit.temp_user() as u:
         opened = hook(b.socket, "open_session", u.name, importtime=True)
         assert opened.returncode == 0, opened.stderr
         assert b.user(u.name)["state"] == "ready"
-        modules = imported(opened.stderr)
-        assert "common" in modules and "invoker" in modules
-        assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
+        assert imported(opened.stderr) - floor <= LEAN, sorted(imported(opened.stderr) - floor - LEAN)
+        assert "common.protocol" in imported(opened.stderr)
         closed = hook(b.socket, "close_session", u.name, importtime=True)
         assert closed.returncode == 0, closed.stderr
-        assert not imported(closed.stderr) & set(HEAVY)
+        assert imported(closed.stderr) - floor <= LEAN, sorted(imported(closed.stderr) - floor - LEAN)
+        pamkit.wait_for(lambda: b.user(u.name) is None, 15, desc="the instance stopped")
+
+
+def test_the_invoker_script_is_a_hook_too(booster_factory):
+    """PAM lines written before hook.py name the console script: it still works."""
+    b = booster_factory("runit")
+    with pamkit.temp_user() as u:
+        assert hook(b.socket, "open_session", u.name, script=True).returncode == 0
+        assert b.user(u.name)["state"] == "ready"
+        assert hook(b.socket, "close_session", u.name, script=True).returncode == 0
         pamkit.wait_for(lambda: b.user(u.name) is None, 15, desc="the instance stopped")
 
 
@@ -75,17 +95,69 @@ def test_required_turns_failures_into_exit_status_1(tmp_path):
     assert out.returncode == 1 and "booster not running" in out.stderr
 
 
-def test_without_pam_environment_it_says_how_to_run_it(tmp_path):
-    out = subprocess.run([INVOKER, "--socket", str(tmp_path / "s")], env={}, capture_output=True, text=True,
+@pytest.mark.parametrize("script", [False, True], ids=["hook", "script"])
+def test_without_pam_environment_it_says_it_is_not_run_from_pam(tmp_path, script):
+    argv = [INVOKER] if script else [PYTHON, "-I", "-S", HOOK]
+    out = subprocess.run(argv + ["--socket", str(tmp_path / "s")], env={}, capture_output=True, text=True,
                          timeout=10)
-    assert out.returncode == 0
-    assert "PAM_TYPE or PAM_USER not set" in out.stderr
+    assert out.returncode == 2
+    assert "not run from pam_exec.so" in out.stderr and "invoker open" in out.stderr
 
 
-@pytest.mark.parametrize("pam_type", ["auth", "account", "password"])
-def test_non_session_calls_do_nothing(tmp_path, pam_type):
+@pytest.mark.parametrize("args,why", [
+    (["--bogus"], "unknown argument '--bogus'"), (["--socket"], "--socket needs a value"),
+    (["--socket", "relative.sock"], "must be an absolute path"), (["--timeout", "soon"], "not a number"),
+    (["--timeout=-1"], "positive"),
+])
+def test_a_bad_pam_line_is_logged_and_fails_open(args, why):
+    env = {"PAM_TYPE": "open_session", "PAM_USER": "root"}
+    out = subprocess.run([PYTHON, "-I", "-S", HOOK, *args], env=env, capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0 and "bad pam_exec line" in out.stderr and why in out.stderr
+    out = subprocess.run([PYTHON, "-I", "-S", HOOK, *args, "--required"], env=env, capture_output=True, text=True,
+                         timeout=10)
+    assert out.returncode == 1
+
+
+@pytest.mark.parametrize("pam_type", ["auth", "password"])
+def test_calls_other_than_session_and_account_do_nothing(tmp_path, pam_type):
     out = hook(str(tmp_path / "s"), pam_type, "root")
-    assert out.returncode == 0 and "not a session call" in out.stderr
+    assert out.returncode == 0 and "nothing to do" in out.stderr
+
+
+def test_pam_items_come_from_what_pam_exec_set_last(booster_factory, tmp_path):
+    """pam_exec puts the PAM environment first and its own PAM_USER last: a
+    PAM_USER that pam_env put into the PAM environment must not decide whose
+    instance starts (a real stack: pam_env, then pam_exec)."""
+    b = booster_factory("runit")
+    conf = tmp_path / "env.conf"
+    conf.write_text("PAM_USER DEFAULT=daemon OVERRIDE=daemon\nPAM_SERVICE DEFAULT=forged\n")
+    conf.chmod(0o644)
+    stack = pamkit.minimal_stack(f"required pam_env.so readenv=0 user_readenv=0 conffile={conf}",
+                                 f"optional pam_exec.so log={tmp_path}/hook.log {PYTHON} -I -S {HOOK} "
+                                 f"--socket {b.socket}")
+    with pamkit.temp_user() as u, pamkit.pam_service(stack) as svc:
+        with pamkit.HeldSession(svc, u.name) as held:
+            assert held.getenv().get("PAM_USER") == "daemon"  # the PAM environment really has it
+            entry = b.user(u.name)
+            assert entry is not None and entry["state"] == "ready", b.log()
+            assert b.user("daemon") is None
+        log = (tmp_path / "hook.log").read_text()
+        assert "tried to set PAM items" in log and "pam_user=daemon" in log
+        pamkit.wait_for(lambda: b.user(u.name) is None, 15, desc="the instance stopped")
+
+
+def test_pam_lines_names_this_installation():
+    out = subprocess.run([INVOKER, "pam-lines", "--prewarm", "--socket", "/run/x/s.sock"], capture_output=True,
+                         text=True, timeout=10)
+    assert out.returncode == 0
+    lines = [line for line in out.stdout.splitlines() if line and not line.startswith("#")]
+    assert lines == [
+        f"session optional pam_exec.so type=open_session {PYTHON} -I -S {HOOK} --socket /run/x/s.sock",
+        f"account optional pam_exec.so type=account {PYTHON} -I -S {HOOK} --socket /run/x/s.sock",
+        f"session optional {pamkit.PAM_PYTHON_SO} {PAM_MODULE} socket=/run/x/s.sock",
+        f"account optional {pamkit.PAM_PYTHON_SO} {PAM_MODULE} socket=/run/x/s.sock",
+    ]
+    assert subprocess.run([INVOKER, "--version"], capture_output=True, text=True).stdout.startswith("invoker ")
 
 
 def test_unknown_user_is_logged_and_the_login_goes_on(booster_factory):
