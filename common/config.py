@@ -18,6 +18,7 @@ SOCKET_PATH_LIMIT = 107  # sun_path holds 108 bytes including the NUL
 BACKENDS = ("dinit", "runit")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_TARGETS = ("auto", "stderr", "syslog")
+LOG_FORMATS = ("text", "json")
 LEADER_WATCHES = ("auto", "pidfd", "proc-connector")
 CGROUP_MODES = ("auto", "off")
 
@@ -54,11 +55,24 @@ class Config:
     stop_timeout: float = 10.0
     stop_delay: float = 0.0
     disconnect_timeout: float = 2.0
-    # supervision: at most restart_limit restarts within restart_window seconds
+    # supervision: at most restart_limit restarts within restart_window seconds,
+    # the first after restart_delay, each later one after twice the delay before,
+    # up to restart_delay_max
     restart_limit: int = 3
     restart_window: float = 60.0
+    restart_delay: float = 0.1
+    restart_delay_max: float = 5.0
+    # an instance started by a pre-warm (account phase) that no session claims
+    # within this many seconds is stopped
+    prewarm_timeout: float = 30.0
+    # users whose instance runs without sessions: from the booster's start on
+    # (this list), or as set by `booster linger enable` (kept in linger_dir)
+    linger: tuple[str, ...] = ()
+    linger_dir: str = "/var/lib/booster/linger"
     # warm pool
     pool_size: int = 2
+    # a PAM service the instance is opened in as a session of its own ("": none)
+    instance_pam_service: str = ""
     # the instance's environment and the login's
     path: str = "/usr/local/bin:/usr/bin:/bin"
     manage_rundir: bool = True
@@ -69,10 +83,19 @@ class Config:
     cgroup: str = "auto"
     # limits on what clients can make the booster hold
     max_connections: int = 512
+    reserved_root_connections: int = 64  # of max_connections, only for root peers
+    max_connections_per_uid: int = 8     # for each non-root peer uid
+    client_idle_timeout: float = 1.0     # a non-root peer's time for its HELLO, and for its request
     max_sessions_per_user: int = 256
+    # what an instance prints is logged at most at this rate (lines per second,
+    # with bursts of output_burst lines), each line cut to output_line_limit bytes
+    output_rate: float = 50.0
+    output_burst: int = 200
+    output_line_limit: int = 1024
     # logging
     log_level: str = "info"
     log_target: str = "auto"
+    log_format: str = "text"
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -133,6 +156,18 @@ def _validate(cfg: Config, file: str) -> None:
         raise bad("stop_delay", "must be a finite number of seconds")
     if cfg.restart_limit < 0:
         raise bad("restart_limit", "must not be negative")
+    for key in ("restart_delay", "restart_delay_max", "prewarm_timeout", "client_idle_timeout", "output_rate"):
+        if not getattr(cfg, key) > 0 or not math.isfinite(getattr(cfg, key)):
+            raise bad(key, "must be a finite number greater than 0")
+    if cfg.restart_delay_max < cfg.restart_delay:
+        raise bad("restart_delay_max", f"must not be less than restart_delay ({cfg.restart_delay:g})")
+    for name in cfg.linger:
+        if not name or name.startswith("-") or "/" in name or name in (".", ".."):
+            raise bad("linger", f"{name!r} is not a valid user name")
+    if not cfg.linger_dir.startswith("/") or cfg.linger_dir.rstrip("/") == "":
+        raise bad("linger_dir", "must be an absolute path below /")
+    if cfg.instance_pam_service and ("/" in cfg.instance_pam_service or cfg.instance_pam_service in (".", "..")):
+        raise bad("instance_pam_service", "must be a PAM service name (a file in /etc/pam.d), not a path")
     if not 0 <= cfg.pool_size <= 64:
         raise bad("pool_size", "must be between 0 and 64")
     if not cfg.path or any(not p.startswith("/") for p in cfg.path.split(":")):
@@ -145,7 +180,7 @@ def _validate(cfg: Config, file: str) -> None:
         raise bad("rundir_path", "must contain %u so that every user gets a directory of their own")
     if ".." in cfg.rundir_path.split("/"):
         raise bad("rundir_path", "must not contain '..': it would climb out of the user's directory")
-    for key, allowed in (("log_level", LOG_LEVELS), ("log_target", LOG_TARGETS),
+    for key, allowed in (("log_level", LOG_LEVELS), ("log_target", LOG_TARGETS), ("log_format", LOG_FORMATS),
                          ("leader_watch", LEADER_WATCHES), ("cgroup", CGROUP_MODES)):
         if getattr(cfg, key) not in allowed:
             raise bad(key, f"{getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
@@ -153,6 +188,15 @@ def _validate(cfg: Config, file: str) -> None:
         raise bad("max_connections", "must be at least 1")
     if cfg.max_sessions_per_user < 1:
         raise bad("max_sessions_per_user", "must be at least 1")
+    if not 0 <= cfg.reserved_root_connections < cfg.max_connections:
+        raise bad("reserved_root_connections", f"must be at least 0 and less than max_connections "
+                                               f"({cfg.max_connections})")
+    if cfg.max_connections_per_uid < 1:
+        raise bad("max_connections_per_uid", "must be at least 1")
+    if cfg.output_burst < 1:
+        raise bad("output_burst", "must be at least 1")
+    if not 80 <= cfg.output_line_limit <= 65536:
+        raise bad("output_line_limit", "must be between 80 and 65536 bytes")
 
 
 def _coerce(file: str, key: str, value: Any) -> Any:

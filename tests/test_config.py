@@ -36,7 +36,13 @@ stop_delay = 5
 disconnect_timeout = 0.5
 restart_limit = 0
 restart_window = 120.0
+restart_delay = 0.5
+restart_delay_max = 2
+prewarm_timeout = 10
+linger = ["alice", "bob"]
+linger_dir = "/var/lib/b/linger"
 pool_size = 0
+instance_pam_service = "booster-instance"
 path = "/opt/bin:/usr/bin"
 manage_rundir = false
 rundir_path = "/run/user/%g/%u/%%x"
@@ -44,9 +50,16 @@ export_dbus_address = false
 leader_watch = "pidfd"
 cgroup = "off"
 max_connections = 16
+reserved_root_connections = 4
+max_connections_per_uid = 2
+client_idle_timeout = 0.25
 max_sessions_per_user = 4
+output_rate = 10
+output_burst = 20
+output_line_limit = 200
 log_level = "debug"
 log_target = "stderr"
+log_format = "json"
 """
 
 
@@ -94,9 +107,13 @@ def test_a_full_file_loads(workdir):
         services_dirs=("~/.config/dinit.d", "/etc/dinit.d/user"), boot_dir="/etc/dinit.d/user/boot.d",
         system_boot_dir="/usr/lib/dinit.d/user/boot.d", runsvdir_command="/usr/bin/runsvdir",
         runit_service_dir="~/service", login_timeout=30.0, stop_timeout=2.5, stop_delay=5.0,
-        disconnect_timeout=0.5, restart_limit=0, restart_window=120.0, pool_size=0, path="/opt/bin:/usr/bin",
+        disconnect_timeout=0.5, restart_limit=0, restart_window=120.0, restart_delay=0.5, restart_delay_max=2.0,
+        prewarm_timeout=10.0, linger=("alice", "bob"), linger_dir="/var/lib/b/linger", pool_size=0,
+        instance_pam_service="booster-instance", path="/opt/bin:/usr/bin",
         manage_rundir=False, rundir_path="/run/user/%g/%u/%%x", export_dbus_address=False, leader_watch="pidfd",
-        cgroup="off", max_connections=16, max_sessions_per_user=4, log_level="debug", log_target="stderr",
+        cgroup="off", max_connections=16, reserved_root_connections=4, max_connections_per_uid=2,
+        client_idle_timeout=0.25, max_sessions_per_user=4, output_rate=10.0, output_burst=20,
+        output_line_limit=200, log_level="debug", log_target="stderr", log_format="json",
     )
     assert isinstance(cfg.login_timeout, float) and isinstance(cfg.services_dirs, tuple)
     # FULL sets every key
@@ -176,6 +193,22 @@ BAD = {
     "zero max_sessions_per_user": ("max_sessions_per_user = 0\n", "max_sessions_per_user", "at least 1"),
     "bad log_level": ('log_level = "verbose"\n', "log_level", "not one of"),
     "bad log_target": ('log_target = "journal"\n', "log_target", "not one of"),
+    "bad log_format": ('log_format = "xml"\n', "log_format", "not one of"),
+    "zero restart_delay": ("restart_delay = 0\n", "restart_delay", "greater than 0"),
+    "delay max below delay": ("restart_delay = 2\nrestart_delay_max = 1\n", "restart_delay_max",
+                              "less than restart_delay"),
+    "infinite prewarm_timeout": ("prewarm_timeout = inf\n", "prewarm_timeout", "finite"),
+    "linger name with a slash": ('linger = ["a/b"]\n', "linger", "not a valid user name"),
+    "linger not a list": ('linger = "alice"\n', "linger", "list of strings"),
+    "relative linger_dir": ('linger_dir = "var/lib"\n', "linger_dir", "absolute"),
+    "instance_pam_service a path": ('instance_pam_service = "/etc/pam.d/x"\n', "instance_pam_service",
+                                    "not a path"),
+    "reserved as many as max": ("max_connections = 8\nreserved_root_connections = 8\n",
+                                "reserved_root_connections", "less than max_connections"),
+    "zero per-uid connections": ("max_connections_per_uid = 0\n", "max_connections_per_uid", "at least 1"),
+    "zero client_idle_timeout": ("client_idle_timeout = 0\n", "client_idle_timeout", "greater than 0"),
+    "zero output_burst": ("output_burst = 0\n", "output_burst", "at least 1"),
+    "tiny output_line_limit": ("output_line_limit = 10\n", "output_line_limit", "between 80"),
     "bad leader_watch": ('leader_watch = "poll"\n', "leader_watch", "not one of"),
     "bad cgroup": ('cgroup = "on"\n', "cgroup", "not one of"),
     # An endless wait is no bound (and int(inf) crashes every first login in
