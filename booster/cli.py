@@ -21,7 +21,8 @@ def _load(path: str | None):
 
 
 def cmd_serve(args) -> int:
-    cfg, source = _load(args.config)
+    # Absolute: the booster checks the file it read (and --daemon changes directory).
+    cfg, source = _load(os.path.abspath(args.config) if args.config else None)
     if os.geteuid() != 0:
         print("booster: serve must run as root", file=sys.stderr)
         return 2
@@ -35,7 +36,8 @@ def _run(cfg, source: str, ready_fd: int | None) -> int:
 
     log.setup(cfg.log_level, cfg.log_target)
     log.get("booster").info("config loaded", source=source)
-    return asyncio.run(daemon.serve(cfg, ready_fd))
+    # ``source`` is the absolute path of the file read, or says the defaults were used.
+    return asyncio.run(daemon.serve(cfg, ready_fd, source if source.startswith("/") else None))
 
 
 def _daemonize(cfg, source: str, args) -> int:
