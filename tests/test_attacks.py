@@ -369,7 +369,8 @@ def forged_state(root_pid: int, canary: str) -> str:
 
 @pytest.mark.parametrize("weakness", ["state_dir owned by the user", "state_dir writable by all",
                                       "state_dir below a user's directory", "socket directory owned by the user",
-                                      "config file owned by the user", "config file writable by its group"])
+                                      "config file owned by the user", "config file writable by its group",
+                                      "backend program owned by the user"])
 def test_an_untrusted_state_dir_socket_dir_or_config_is_refused(backend, weakness):
     b = new_booster(backend, start=False)
     sleeper = subprocess.Popen(["sleep", "1000"])
@@ -401,13 +402,24 @@ def test_an_untrusted_state_dir_socket_dir_or_config_is_refused(backend, weaknes
                 b.config["socket"] = str(sockdir / "s.sock")
             elif weakness == "config file owned by the user":
                 os.chown(config, u.uid, u.gid)
+            elif weakness == "backend program owned by the user":
+                # Every user's instance runs it: whoever may replace it runs code in all of them.
+                key = "dinit_command" if backend == "dinit" else "runsvdir_command"
+                program = b.base / "bin" / ("dinit" if backend == "dinit" else "runsvdir")
+                program.parent.mkdir()
+                shutil.copy(b.config.get(key) or shutil.which("runsvdir"), program)
+                if backend == "runit":
+                    shutil.copy(shutil.which("sv"), program.parent / "sv")
+                os.chown(program, u.uid, u.gid)
+                b.config[key] = str(program)
             else:
                 os.chmod(config, 0o664)
-            if weakness.startswith(("socket", "state_dir below")):
+            if weakness.startswith(("socket", "state_dir below", "backend")):
                 config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in b.config.items()))
             bad = {"state_dir owned by the user": str(state_dir), "state_dir writable by all": str(state_dir),
                    "state_dir below a user's directory": str(state_dir.parent),
-                   "socket directory owned by the user": str(b.base / "sockets")}.get(weakness, str(config))
+                   "socket directory owned by the user": str(b.base / "sockets"),
+                   "backend program owned by the user": str(b.base / "bin")}.get(weakness, str(config))
             out = subprocess.run([BOOSTER, "serve", "--config", str(config)], capture_output=True, text=True,
                                  timeout=30, env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
             assert out.returncode == 1, out.stderr
