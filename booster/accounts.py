@@ -130,7 +130,7 @@ class AccountLookups:
         self._ttl, self._timeout, self._max_pending, self._cache_size = ttl, timeout, max_pending, cache_size
         self._by_name, self._by_uid = by_name, by_uid
         self._workers = _Workers(workers)
-        self._cache: collections.OrderedDict = collections.OrderedDict()  # key -> (expiry, result, error)
+        self._cache: collections.OrderedDict = collections.OrderedDict()  # key -> (expiry, result, why unknown)
         self._pending: dict = {}
 
     async def by_name(self, name: str) -> Account:
@@ -146,10 +146,10 @@ class AccountLookups:
         now = self._loop.time()
         hit = self._cache.get(key)
         if hit is not None:
-            expiry, result, error = hit
+            expiry, result, unknown = hit
             if expiry > now:
-                if error is not None:
-                    raise UnknownUser(str(error))
+                if unknown is not None:
+                    raise UnknownUser(unknown)
                 return result
             del self._cache[key]
         fut = self._pending.get(key)
@@ -168,7 +168,9 @@ class AccountLookups:
         error = fut.exception()
         if error is not None and not isinstance(error, UnknownUser):
             return  # a failure of the lookup itself is not an answer to keep
-        self._cache[key] = (self._loop.time() + self._ttl, None if error else fut.result(), error)
+        # The text only: an exception would keep its traceback's frames alive.
+        self._cache[key] = (self._loop.time() + self._ttl, None if error else fut.result(),
+                            None if error is None else str(error))
         self._cache.move_to_end(key)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

@@ -237,6 +237,8 @@ class Booster:
 
     def write_state(self) -> None:
         self._state_pending = False
+        if self._state_fd is None:
+            return  # not started, or stopped: a change scheduled late has nowhere to go
         instances = []
         for user in self.users.values():
             proc = user.process

@@ -30,6 +30,15 @@ class UnsafePath(OSError):
     that whoever handles a failed file operation handles this one too."""
 
 
+def _check_at(dir_fd, name: str) -> None:
+    """Every *at call here is relative to a directory descriptor: never to the
+    working directory (``dir_fd=None``), never up or across (``name`` one entry)."""
+    if type(dir_fd) is not int or dir_fd < 0:
+        raise ValueError(f"not a directory descriptor: {dir_fd!r}")
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"not one directory entry: {name!r}")
+
+
 def root_only(st: os.stat_result) -> bool:
     """Only root may change it: owned by root, not writable by group or others."""
     return st.st_uid == 0 and not st.st_mode & _SHARED_WRITE
@@ -155,6 +164,7 @@ def check_root_file(path: str, _links: int = 0) -> None:
 
 def open_entry_dir(dir_fd: int, name: str) -> int:
     """``name`` in ``dir_fd`` as a directory descriptor, never through a symlink."""
+    _check_at(dir_fd, name)
     return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
 
 
@@ -163,6 +173,7 @@ def ensure_dir_at(dir_fd: int, name: str, mode: int, uid: int = 0, gid: int = 0)
     with ``mode``; returns its descriptor.  Whatever else sits there (a file, a
     symlink, a directory of another owner: leftovers of an older layout, since
     ``dir_fd`` is root's) is removed first."""
+    _check_at(dir_fd, name)
     for _ in range(2):
         try:
             os.mkdir(name, mode, dir_fd=dir_fd)
@@ -186,6 +197,7 @@ def ensure_dir_at(dir_fd: int, name: str, mode: int, uid: int = 0, gid: int = 0)
 def replace_file_at(dir_fd: int, name: str, data: bytes, mode: int) -> None:
     """Write ``name`` in ``dir_fd`` whole: a fresh file (``O_EXCL|O_NOFOLLOW``)
     renamed over the old one, so readers see the old or the new content."""
+    _check_at(dir_fd, name)
     tmp = f".{name}.tmp"
     unlink_at(dir_fd, tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
@@ -206,6 +218,7 @@ def read_root_file(dir_fd: int, name: str, limit: int) -> bytes | None:
     """The content of root's regular file ``name`` in ``dir_fd`` (at most
     ``limit`` bytes), or None when there is none.  Raises UnsafePath for
     anything else there."""
+    _check_at(dir_fd, name)
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -232,6 +245,7 @@ def read_root_file(dir_fd: int, name: str, limit: int) -> bytes | None:
 
 def unlink_at(dir_fd: int, name: str) -> None:
     """Remove ``name`` from ``dir_fd`` if it is there (a directory: with all it holds)."""
+    _check_at(dir_fd, name)
     try:
         os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -243,6 +257,7 @@ def unlink_at(dir_fd: int, name: str) -> None:
 def make_fifo_at(dir_fd: int, name: str, uid: int, gid: int, mode: int = 0o600) -> tuple[int, int]:
     """A fresh FIFO ``name`` in ``dir_fd`` owned by ``uid:gid``; returns a
     non-blocking read end and write end."""
+    _check_at(dir_fd, name)
     unlink_at(dir_fd, name)
     os.mkfifo(name, mode, dir_fd=dir_fd)
     r = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
@@ -263,6 +278,7 @@ def open_socket_at(dir_fd: int, name: str, uid: int) -> int:
     """An ``O_PATH`` descriptor of the socket ``name`` in ``dir_fd``, which must
     be ``uid``'s and not a symlink.  Connect to ``/proc/self/fd/N`` (``proc_path``)
     so that nobody can swap the socket between the check and the connect."""
+    _check_at(dir_fd, name)
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     st = os.fstat(fd)
     if not stat.S_ISSOCK(st.st_mode) or st.st_uid != uid:
@@ -280,6 +296,7 @@ def remove_at(dir_fd: int, name: str, where: str = "", owner: int | None = None)
     """Remove ``name`` from ``dir_fd``: a directory with everything in it on its
     own filesystem (mounts inside are left and logged), anything else unlinked.
     With ``owner``, only a directory of that uid's is removed (else UnsafePath)."""
+    _check_at(dir_fd, name)
     where = where or name
     try:
         fd = open_entry_dir(dir_fd, name)

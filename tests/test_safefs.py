@@ -322,3 +322,18 @@ def test_control_socket_must_be_the_users_own_and_not_a_symlink(top, someone):
     finally:
         roots.close()
         users.close()
+
+
+def test_no_call_falls_back_to_the_working_directory_or_leaves_its_directory(top):
+    d = safefs.open_dir(top)
+    try:
+        for dir_fd, name in ((None, "state.json"), (-1, "state.json"), (d, "../escape"), (d, ".."), (d, "")):
+            with pytest.raises(ValueError):
+                safefs.replace_file_at(dir_fd, name, b"x", 0o644)
+            with pytest.raises(ValueError):
+                safefs.unlink_at(dir_fd, name)
+            with pytest.raises(ValueError):
+                safefs.remove_at(dir_fd, name)
+    finally:
+        os.close(d)
+    assert os.listdir(top) == []
