@@ -44,7 +44,7 @@ from common import protocol as p
 from invoker.client import Client, query_status
 
 PYTHON = "/usr/bin/python3"  # what pam_exec lines run: the system interpreter
-HOOK = os.path.join(os.path.dirname(harness.PAM_MODULE), "hook.py")
+HOOK = os.path.join(os.path.dirname(harness.PAM_MODULE), "pam_exec.py")
 NOOP_MODULE = "def pam_sm_open_session(pamh, flags, argv):\n    return pamh.PAM_SUCCESS\n\n" \
               "def pam_sm_close_session(pamh, flags, argv):\n    return pamh.PAM_SUCCESS\n\n" \
               "def pam_sm_acct_mgmt(pamh, flags, argv):\n    return pamh.PAM_SUCCESS\n"
