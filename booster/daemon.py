@@ -27,17 +27,18 @@ import time
 import psutil
 
 from booster import log, rundir, safefs
-from booster.accounts import Account, AccountLookups
+from booster.accounts import Account, AccountLookups, LookupStalled, UnknownUser
 from booster.backends.base import Backend
 from booster.backends.dinit import DinitBackend
 from booster.backends.runit import RunitBackend
 from booster.cgroups import CgroupTree
 from booster.leaders import make_watcher
+from booster.linger import LingerError, LingerStore
 from booster.peers import identify_leader, still_parent
 from booster.pool import WarmPool
 from booster.reaper import Reaper, start_time
 from booster.server import ClientConnection, Listener, Refused
-from booster.users import KILL_GRACE, Session, UserInstance
+from booster.users import KILL_GRACE, Session, UserInstance, UserState
 from common import protocol as p
 from common.config import Config
 
@@ -47,6 +48,12 @@ SHUTDOWN_MARGIN = 2 * KILL_GRACE + 1.0
 STATE_FILE = "state.json"
 LOCK_FILE = "booster.lock"
 STATE_LIMIT = 16 << 20  # bytes: a state file larger than this is not ours
+# The state file is written this long after a change, once for all the changes
+# of that moment: a login makes several, and a rename on a busy disk costs
+# milliseconds that the login would otherwise wait for.  What it records is
+# for a successor after a crash; instances die with the booster anyway
+# (parent-death signal), and their cgroups are found without it.
+STATE_WRITE_DELAY = 0.05
 
 
 def make_backend(config: Config) -> Backend:
@@ -70,6 +77,7 @@ class Booster:
         self._stop = asyncio.Event()
         self._stop_signal: int | None = None
         self._state_pending = False
+        self._state_closed = False
         self._lock_fd: int | None = None
         self._state_fd: int | None = None  # state_dir, checked once at startup
         self._ready_fd = ready_fd
@@ -81,6 +89,9 @@ class Booster:
         self.pool = WarmPool(config.pool_size, self.reaper, self.loop, on_change=self.state_changed)
         self.leaders = None
         self.listener = Listener(self, config.socket)
+        self.started = start_time(os.getpid())
+        self.linger_store = LingerStore(config.linger_dir)
+        self.lingering: set[str] = set(config.linger)
 
     @property
     def state_path(self) -> str:
@@ -114,6 +125,23 @@ class Booster:
                        pool_size=self.config.pool_size, cgroup=self.cgroups.base if self.cgroups else "off",
                        leader_watch=self.leaders.kind)
         self._notify_ready()
+        await self._start_lingering()
+
+    async def _start_lingering(self) -> None:
+        """Lingering users' instances start with the booster (not waited for)."""
+        try:
+            self.lingering |= self.linger_store.names()
+        except (OSError, LingerError) as exc:
+            self._log.error("cannot read the linger settings; only the config's linger list applies",
+                            linger_dir=self.config.linger_dir, error=str(exc))
+        for name in sorted(self.lingering):
+            try:
+                account = await self.accounts.by_name(name)  # NSS off the event loop
+            except (UnknownUser, LookupStalled) as exc:
+                self._log.warning("lingering user unknown; skipped", user=name, reason=str(exc))
+                continue
+            self._log.info("starting a lingering user's instance", user=name)
+            self.user_of(account).begin()
 
     def _check_trust_anchors(self) -> None:
         """Serve only from a config file, state_dir and socket directory that no
@@ -233,12 +261,12 @@ class Booster:
     def state_changed(self) -> None:
         if not self._state_pending:
             self._state_pending = True
-            self.loop.call_soon(self.write_state)
+            self.loop.call_later(STATE_WRITE_DELAY, self.write_state)
 
     def write_state(self) -> None:
         self._state_pending = False
-        if self._state_fd is None:
-            return  # not started, or stopped: a change scheduled late has nowhere to go
+        if self._state_closed or self._state_fd is None:
+            return  # not started, or shut down: the file is gone for good
         instances = []
         for user in self.users.values():
             proc = user.process
@@ -249,7 +277,7 @@ class Booster:
                 "rundir": user.managed_rundir,
             })
         warm = [{"pid": child.pid, "started": child.started} for child in self.pool.children()]
-        state = {"pid": os.getpid(), "started": start_time(os.getpid()), "backend": self.backend.name,
+        state = {"pid": os.getpid(), "started": self.started, "backend": self.backend.name,
                  "cgroup": self.cgroups.base if self.cgroups else None,
                  "instances": instances, "warm": warm}
         try:
@@ -294,13 +322,12 @@ class Booster:
                 session.watch.cancel()
                 raise Refused(p.ErrorCode.LEADER_UNKNOWN, "the session leader changed while it was identified")
         self._next_session += 1
-        if user is None:
-            user = self.users[account.uid] = UserInstance(
-                self, account, req.runtime_dir, bool(req.flags & p.OpenFlags.NO_RUNDIR))
+        user = self.user_of(account)
         session.user = user
         self.sessions[session.id] = session
         session.ready.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
         user.add_session(session)
+        user.begin(req.runtime_dir, bool(req.flags & p.OpenFlags.NO_RUNDIR))
         self._log.info("session opened", user=account.name, session=session.id, service=req.service,
                        tty=req.tty, rhost=req.rhost, leader=leader, bound=session.bound)
         return session
@@ -345,10 +372,75 @@ class Booster:
         self._log.info("session leader exited", session=session.id, leader=session.leader_pid)
         self.end_session(session, p.EndReason.LEADER_EXITED)
 
+    def user_of(self, account: Account) -> UserInstance:
+        """The user's record, made on first need."""
+        user = self.users.get(account.uid)
+        if user is None:
+            user = self.users[account.uid] = UserInstance(self, account)
+            user.linger = account.name in self.lingering
+        return user
+
     def user_gone(self, user: UserInstance) -> None:
-        if self.users.get(user.account.uid) is user:
+        """A lifecycle ended: forget the user, unless it failed (``booster status``
+        shows why until the next login)."""
+        if self.users.get(user.account.uid) is user and user.state is not UserState.FAILED:
             del self.users[user.account.uid]
         self.state_changed()
+
+    # --- requests about users ------------------------------------------------------------
+
+    def prewarm(self, account: Account) -> bool:
+        """Start ``account``'s instance ahead of a login; False when coalesced."""
+        if self._stop.is_set():
+            raise Refused(p.ErrorCode.SHUTTING_DOWN, "the booster is stopping")
+        user = self.user_of(account)
+        fresh = user.prewarm(self.config.prewarm_timeout)
+        user.begin()
+        self._log.info("pre-warm", user=account.name, started=fresh, state=user.state.value)
+        return fresh
+
+    async def terminate(self, account: Account) -> int:
+        """End every session of ``account`` and stop the instance; the number of
+        sessions ended, once the instance is gone."""
+        user = self.users.get(account.uid)
+        if user is None:
+            return 0
+        sessions = list(user.sessions.values())
+        self._log.info("terminating the user's sessions", user=account.name, sessions=len(sessions))
+        stopped = user.request_stop()
+        for session in sessions:
+            self.end_session(session, p.EndReason.TERMINATED)
+        await stopped
+        if self.users.get(account.uid) is user and user.state is UserState.FAILED and user.task is None:
+            del self.users[account.uid]  # terminate clears a failure record too
+            self.state_changed()
+        return len(sessions)
+
+    def set_linger(self, account: Account, enable: bool) -> tuple[bool, str]:
+        """Record linger for ``account`` (persistently); (changed, what it means)."""
+        name = account.name
+        if not enable and name in self.config.linger:
+            return False, f"{name} lingers by the linger list of the config file; remove them there"
+        try:
+            changed = self.linger_store.enable(name) if enable else self.linger_store.disable(name)
+        except (OSError, LingerError) as exc:
+            raise Refused(p.ErrorCode.INTERNAL, f"cannot record linger in {self.config.linger_dir}: {exc}") from None
+        if enable:
+            self.lingering.add(name)
+        else:
+            self.lingering.discard(name)
+        user = self.users.get(account.uid)
+        if enable:
+            user = self.user_of(account)
+            user.set_linger(True)
+            if not self._stop.is_set():
+                user.begin()
+        elif user is not None:
+            user.set_linger(False)
+        self._log.info("linger " + ("enabled" if enable else "disabled"), user=name, changed=changed)
+        if enable:
+            return changed, f"{name} lingers: the instance runs without sessions, from the booster's start on"
+        return changed, f"{name} no longer lingers: the instance stops when no session remains"
 
     async def end_adopted(self, uid: int, timeout: float) -> None:
         """Without a cgroup: end the processes of ``uid`` that were re-parented to
@@ -425,6 +517,7 @@ class Booster:
             self.leaders.close()
         self.reaper.reap()
         self.reaper.stop()
+        self._state_closed = True
         safefs.unlink_at(self._state_fd, STATE_FILE)
         self._remove_users_dir()
         if self.cgroups is not None:
