@@ -33,7 +33,7 @@ import benchlib
 import harness
 import pamkit
 from common import protocol as p
-from invoker.client import query_status
+from invoker.client import Client, query_status
 
 SETTLE = 3.0          # seconds after the run for dropped connections to be closed
 READ_PATIENCE = 0.05  # seconds a fuzzing client waits for the booster's next bytes
@@ -73,8 +73,9 @@ def mutate(rng: random.Random, frame: bytes) -> bytes:
     return bytes(data)
 
 
-FAST = ["mutated", "random", "truncated", "huge-length", "bad-header", "pipelined", "half-open"]
-FAST_WEIGHTS = [12, 3, 3, 2, 2, 3, 1]
+FAST = ["valid", "trailing", "mutated", "random", "truncated", "huge-length", "bad-header", "pipelined",
+        "half-open"]
+FAST_WEIGHTS = [3, 2, 12, 3, 3, 2, 2, 3, 1]
 SLOW = ["slow", "stall", "no-read"]  # each holds its connection for a while: a worker of their own
 
 
@@ -83,6 +84,10 @@ def case(rng: random.Random, user: str, slow: bool) -> tuple[str, list[bytes], s
     frames = sample_frames(rng, user)
     hello = frames[0]
     kind = rng.choice(SLOW) if slow else rng.choices(FAST, weights=FAST_WEIGHTS)[0]
+    if kind == "valid":  # a well-formed request of any kind, some of them refused for this peer
+        return kind, [hello, rng.choice(frames[1:7])], "read"
+    if kind == "trailing":  # a well-formed request with bytes behind it
+        return kind, [hello, rng.choice(frames[1:7]), rng.choice([b"garbage!", rng.choice(frames)])], "read"
     if kind == "mutated":
         return kind, [hello, mutate(rng, rng.choice(frames[1:]))], "read"
     if kind == "random":
@@ -211,8 +216,13 @@ def run(seconds: float = 30.0, workers: int = 6, backend: str = "runit", seed: i
             crashes = 0 if b.running() and b.pid == pid else 1
             after = booster_resources(pid) if crashes == 0 else {}
             log = b.log()
-            # What a root peer's fuzzing may have opened must still be closable and closed.
-            pamkit.wait_for(lambda: query_status(b.socket)[0] == [], 30, desc="every fuzzed session gone")
+            # What the root peer's requests started (sessions, pre-warms, linger)
+            # must still be possible to end, and end.
+            for u in users:
+                for request in (p.Linger(user=u.name, enable=0), p.Terminate(user=u.name)):
+                    Client(b.socket, "fuzz-cleanup").connect(timeout=5).ask(type(request), *request.values(),
+                                                                           timeout=30)
+            pamkit.wait_for(lambda: query_status(b.socket)[0] == [], 30, desc="every fuzzed instance gone")
             for u in users:
                 harness.wait_gone(u.uid)
     finally:
