@@ -245,10 +245,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--json", help="where to write the JSON result (default bench/results/fuzz_net.json)")
     args = parser.parse_args()
-    backends = ["runit", "dinit"] if args.backend == "all" else [args.backend]
-    if "dinit" in backends and harness.dinit_binary() is None:
-        print(f"skipping dinit: {harness.NO_DINIT}", file=sys.stderr)
-        backends.remove("dinit")
+    backends = benchlib.backends(args.backend)
     seed = random.randrange(1 << 30) if args.seed is None else args.seed
     results = [run(args.seconds, args.workers, backend, seed) for backend in backends]
     rows = []

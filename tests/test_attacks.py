@@ -36,6 +36,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+import attackers
 import pamkit
 from conftest import (BOOSTER, INVOKER, PYTHON, as_user, exec_service, install_autostart, instance_of,
                       new_booster, wait_gone)
@@ -44,7 +45,6 @@ from test_rundir import instance_env, refused_login
 from common import protocol as p
 from invoker.client import Refused, query_status
 
-SYSTEM_PYTHON = "/usr/bin/python3"
 CONTROL_BYTES = bytes(range(0x20)).replace(b"\n", b"") + b"\x7f"
 
 
@@ -206,52 +206,11 @@ def test_pam_items_injected_through_pam_environment_decide_nothing(booster_facto
 
 # --- 3. no user can starve another's login --------------------------------------------------------
 
-FLOOD = r"""
-import json, select, socket, sys, time  # the attacker's own code: nothing of ours
-path, seconds, want = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-end = time.monotonic() + seconds
-held = {}
-stats = {"connects": 0, "connect_errors": 0, "refused_frames": 0, "dropped": 0, "max_held": 0,
-         "longest_dropped_s": 0.0}
-poller = select.poll()
-while time.monotonic() < end:
-    while len(held) < want:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.setblocking(False)
-        try:
-            s.connect(path)
-        except OSError:
-            stats["connect_errors"] += 1
-            s.close()
-            break
-        held[s.fileno()] = (s, time.monotonic())
-        poller.register(s.fileno(), select.POLLIN)
-        stats["connects"] += 1
-    stats["max_held"] = max(stats["max_held"], len(held))
-    for fd, _ in poller.poll(20):
-        s, opened = held.pop(fd)
-        poller.unregister(fd)
-        try:
-            data = s.recv(4096)
-        except OSError:
-            data = b""
-        if data[:2] == b"DB" and len(data) >= 10 and data[3] == 5 and data[8:10] == b"\x00\x0b":
-            stats["refused_frames"] += 1  # ERROR LIMIT_REACHED: refused at once
-        else:
-            stats["dropped"] += 1
-            stats["longest_dropped_s"] = max(stats["longest_dropped_s"], time.monotonic() - opened)
-        s.close()
-print(json.dumps(stats))
-"""
-
-
 def test_a_connection_flood_by_one_user_does_not_keep_roots_logins_out(booster_factory, backend):
     b = booster_factory(backend)
     with pamkit.temp_user() as attacker, pamkit.temp_user() as victim:
         install_autostart(victim, backend)
-        flood = subprocess.Popen([pamkit.RUNUSER, "-u", attacker.name, "--", SYSTEM_PYTHON, "-I", "-c", FLOOD,
-                                  b.socket, "15", "600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, cwd="/")
+        flood = attackers.connection_flood(attacker, b.socket, seconds=15)
         try:
             b.wait_log("connection refused", timeout=10)
             times = []
@@ -306,25 +265,10 @@ def test_an_idle_or_slow_user_connection_is_dropped_quickly(booster_factory, bac
 
 # --- 4. instance output is bounded ----------------------------------------------------------------
 
-FLOOD_OUTPUT = r"""
-sleep 1
-timeout 5 sh -c 'yes "$(printf "\033[2J\rflood\a\001\177\302\233")" &
-while :; do printf "nul\000 tab\t esc\033]0;title\007 cr\r end\n"; done'
-exec sleep 1000
-"""
-
-
 def test_an_output_flood_costs_the_log_little_and_no_raw_control_byte(booster_factory, backend):
     b = booster_factory(backend)
     with pamkit.temp_user() as flooder, pamkit.temp_user() as other:
-        script = os.path.join(flooder.home, "flood.sh")
-        with open(script, "w") as fh:
-            fh.write(FLOOD_OUTPUT)
-        os.chown(script, flooder.uid, flooder.gid)
-        if backend == "dinit":  # shares-console: the service writes to dinit's stdout, the booster's pipe
-            install_autostart(flooder, backend, "flood", f"/bin/sh {script}", "options = shares-console\n")
-        else:
-            install_autostart(flooder, backend, "flood", f"/bin/sh {script}")
+        attackers.install_output_flood(flooder, backend, seconds=5)
         install_autostart(other, backend)
         with exec_service(b) as svc, pamkit.HeldSession(svc, flooder.name) as held:
             size_before = os.path.getsize(b.log_path)
