@@ -1,4 +1,5 @@
-"""The booster as it is deployed: under a system-mode dinit, and as a systemd unit.
+"""The shipped files as deployed: the booster under a system-mode dinit, its
+systemd unit, the PAM examples.
 
 A dinit of the test's own (not pid 1; its own services directory and control
 socket, never /run/dinitctl) runs ``systemd-dinit/booster`` with only its paths
@@ -155,3 +156,22 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
     code, complaints = verify(adapt(original, {"/opt/dinit-booster/bin/booster": BOOSTER,
                                                "KillMode=mixed": "KillMode=mixd"}))
     assert any("mixd" in line for line in complaints), complaints
+
+
+def test_pam_examples_are_what_invoker_pam_lines_prints():
+    """The shipped examples are ``invoker pam-lines`` for an installation in
+    /opt/dinit-booster (their pre-warm lines commented out)."""
+    import sys
+
+    from invoker.cli import pam_lines
+
+    def rules(text: str) -> list[str]:
+        lines = [line.removeprefix("#") for line in text.splitlines()]
+        return [line for line in lines if line.startswith(("session ", "account "))]
+
+    for mode, example in (("exec", "pam-exec.example"), ("python", "pam-python.example")):
+        printed = pam_lines("/run/booster/control.sock", mode, prewarm=True).replace(sys.prefix, "/opt/dinit-booster")
+        shipped = (SERVICE_FILES / example).read_text()
+        assert rules(shipped) == rules(printed), example
+        assert not [line for line in shipped.splitlines() if line.startswith("account ")], \
+            f"{example}: the pre-warm line is an option, commented out"
