@@ -29,6 +29,8 @@ DEFAULT_SOCKET = config_mod.Config().socket
 # Start-up is bounded inside (leftovers of a crash get KILL and a short grace),
 # so this only catches a booster that hangs; it is then stopped.
 DAEMON_START_TIMEOUT = 60.0
+# After it said why it failed: how long to wait for it (and its warm children) to be gone.
+FAILED_EXIT_TIMEOUT = 10.0
 
 
 def _load(path: str | None):
@@ -109,9 +111,9 @@ def _daemonize(cfg, source: str, args) -> int:
 
 def _detach_and_serve(cfg, source: str, target: str, pidfile: str | None, report_fd: int) -> int:
     """In the child: detach, take the pidfile, serve.  Returns the exit status."""
-    import daemon as python_daemon
-    import daemon.pidfile
-    import lockfile  # python-daemon's pidfile is lockfile's PIDLockFile
+    from daemon import DaemonContext
+    from daemon.pidfile import TimeoutPIDLockFile
+    from lockfile import LockError  # python-daemon's pidfile is lockfile's PIDLockFile
 
     def report(line: str) -> None:
         try:
@@ -123,9 +125,9 @@ def _detach_and_serve(cfg, source: str, target: str, pidfile: str | None, report
     # ours, so a failure can still be told on it whenever it happens.
     ready_fd = os.dup(report_fd)
     try:
-        context = python_daemon.DaemonContext(
+        context = DaemonContext(
             umask=0o022, working_directory="/", detach_process=True,
-            pidfile=daemon.pidfile.TimeoutPIDLockFile(pidfile, acquire_timeout=1) if pidfile else None,
+            pidfile=TimeoutPIDLockFile(pidfile, acquire_timeout=1) if pidfile else None,
             stderr=sys.stderr if target == "stderr" else None,
             files_preserve=[report_fd, ready_fd],
         )
@@ -138,7 +140,7 @@ def _detach_and_serve(cfg, source: str, target: str, pidfile: str | None, report
             report(f"failed {reason}")
         return code
     except BaseException as exc:  # noqa: BLE001 - whatever it is, the caller is waiting to hear it
-        if isinstance(exc, lockfile.LockError):
+        if isinstance(exc, LockError):
             report(f"failed cannot take the pidfile {pidfile}: {exc}")
         else:
             report(f"failed {type(exc).__name__}: {exc}")
@@ -161,10 +163,12 @@ def _await_start(report_fd: int, timeout: float) -> int:
         if not readable:
             if failed:
                 return EXIT_FAILED  # it said why; it is only slow to exit
-            if pid is not None:
+            if pid is None:
+                print(f"booster: no word from the daemon within {timeout:g} s", file=sys.stderr)
+            else:
                 os.kill(pid, signal.SIGTERM)  # the daemon we started, stopped in order
-            print(f"booster: not serving after {timeout:g} s; stopped it (pid {pid}); see its log",
-                  file=sys.stderr)
+                print(f"booster: not serving after {timeout:g} s; stopped it (pid {pid}); see its log",
+                      file=sys.stderr)
             return EXIT_FAILED
         data = os.read(report_fd, 4096)
         if not data:
@@ -182,6 +186,7 @@ def _await_start(report_fd: int, timeout: float) -> int:
             elif text.startswith("failed "):
                 print(f"booster: cannot start: {text[7:]}", file=sys.stderr)
                 failed = True
+                deadline = min(deadline, time.monotonic() + FAILED_EXIT_TIMEOUT)
 
 
 def _take_over_stale_pidfile(path: str) -> str | None:
@@ -223,23 +228,31 @@ def _is_booster_serving(pid: int) -> bool:
 # --- control commands -----------------------------------------------------------------------
 
 
+def _client_failure(exc, args) -> int:
+    """Say what went wrong with a control request; its exit status."""
+    from common import protocol as p
+    from invoker.client import BoosterUnavailable, Refused
+
+    if isinstance(exc, BoosterUnavailable):
+        print(f"booster: not running ({exc})", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    # A user who may not ask about others hears "not permitted" for any name:
+    # a name that does not exist is worth saying so.
+    if isinstance(exc, Refused) and args.user and (exc.code == p.ErrorCode.UNKNOWN_USER
+                                                   or not _known_user(args.user)):
+        return _no_such_user(args.user)
+    print(f"booster: {args.command}: {exc}", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def cmd_status(args) -> int:
-    from invoker.client import BoosterUnavailable, ClientError, Refused, query_status
+    from invoker.client import ClientError, query_status
 
     socket = _control_socket(args)
     try:
         entries, pool = query_status(socket, args.user or "", timeout=args.timeout)
-    except BoosterUnavailable as exc:
-        print(f"booster: not running ({exc})", file=sys.stderr)
-        return EXIT_NOT_RUNNING
-    except Refused as exc:
-        if args.user and not _known_user(args.user):
-            return _no_such_user(args.user)
-        print(f"booster: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except ClientError as exc:
-        print(f"booster: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _client_failure(exc, args)
     if args.user and not entries and not _known_user(args.user):
         return _no_such_user(args.user)
     if args.json:
@@ -302,27 +315,16 @@ def _no_such_user(name: str) -> int:
     return EXIT_FAILED
 
 
-def _ask(args, make, *fields, timeout: float):
+def _ask(args, socket: str, make, *fields, timeout: float):
     """Send one root-only request to the booster; returns the ACK, or the exit status."""
-    from common import protocol as p
-    from invoker.client import BoosterUnavailable, Client, ClientError, Refused
+    from invoker.client import Client, ClientError
 
-    socket = args.socket or args.cfg.socket
     client = Client(socket, f"booster-{args.command}")
     try:
         client.connect(timeout=1.0)
         return client.ask(make, *fields, timeout=timeout)
-    except BoosterUnavailable as exc:
-        print(f"booster: not running ({exc})", file=sys.stderr)
-        return EXIT_NOT_RUNNING
-    except Refused as exc:
-        if exc.code == p.ErrorCode.UNKNOWN_USER:
-            return _no_such_user(args.user)
-        print(f"booster: {args.command} refused: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except ClientError as exc:
-        print(f"booster: {args.command}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _client_failure(exc, args)
     finally:
         if client.sock is not None:
             client.disconnect()
@@ -333,10 +335,10 @@ def cmd_terminate(args) -> int:
     from common import protocol as p
 
     _need_root("terminate")
-    args.cfg = _load(args.config)[0]
+    cfg = _load(args.config)[0]
     # The booster answers once the instance is gone: within stop_timeout and its margin.
-    timeout = args.timeout if args.timeout is not None else args.cfg.stop_timeout + SHUTDOWN_MARGIN + 1.0
-    ack = _ask(args, p.Terminate, args.user, timeout=timeout)
+    timeout = args.timeout if args.timeout is not None else cfg.stop_timeout + SHUTDOWN_MARGIN + 1.0
+    ack = _ask(args, args.socket or cfg.socket, p.Terminate, args.user, timeout=timeout)
     if isinstance(ack, int):
         return ack
     print(f"{args.user}: {ack.value} session{'' if ack.value == 1 else 's'} ended, no instance left"
@@ -349,12 +351,12 @@ def cmd_linger(args) -> int:
     from common import protocol as p
 
     _need_root("linger")
-    args.cfg = _load(args.config)[0]
+    cfg = _load(args.config)[0]
     # Enabling may start the instance and disabling stop it: either bound applies.
     timeout = (args.timeout if args.timeout is not None
-               else max(args.cfg.login_timeout, args.cfg.stop_timeout + SHUTDOWN_MARGIN) + 1.0)
+               else max(cfg.login_timeout, cfg.stop_timeout + SHUTDOWN_MARGIN) + 1.0)
     enable = args.action == "enable"
-    ack = _ask(args, p.Linger, args.user, int(enable), timeout=timeout)
+    ack = _ask(args, args.socket or cfg.socket, p.Linger, args.user, int(enable), timeout=timeout)
     if isinstance(ack, int):
         return ack
     state = "enabled" if enable else "disabled"
@@ -468,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "have none).  The setting is kept in linger_dir; the config's linger list adds to it."),
         epilog=_exits("0  done (also when it already was so)", "1  failed: no such user, or refused",
                       "2  usage or configuration error, or not root", "3  no booster running"))
-    linger.add_argument("action", choices=("enable", "disable"), metavar="enable|disable", help="enable or disable lingering")
+    linger.add_argument("action", choices=("enable", "disable"), metavar="enable|disable",
+                        help="enable or disable lingering")
     linger.add_argument("user", metavar="USER", help="whose instance")
     linger.add_argument("--socket", metavar="PATH", help=_SOCKET_HELP)
     linger.add_argument("--config", metavar="FILE", help=_CONFIG_HELP + "; read for its socket and timeouts")

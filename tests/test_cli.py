@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pamkit
-from conftest import BOOSTER, as_user, new_booster
+from conftest import BOOSTER, as_user
 
 
 def serve(config: Path, *extra: str, timeout: float = 20) -> subprocess.CompletedProcess:
