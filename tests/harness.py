@@ -59,6 +59,7 @@ class BoosterProc:
             "state_dir": str(base / "state"),
             "backend": backend,
             "rundir_path": str(base / "run" / "%u"),
+            "linger_dir": str(base / "linger"),
             "log_level": "debug",
             "log_target": "stderr",
             "stop_timeout": 5,
@@ -232,6 +233,12 @@ def wait_gone(uid: int, timeout: float = 15.0) -> None:
     """Wait until no process of ``uid`` is left (zombies count as gone)."""
     pamkit.wait_for(lambda: not pamkit.procs_of_uid(uid, zombies=False), timeout,
                     desc=f"no process of uid {uid} left")
+
+
+def wait_failed(b: BoosterProc, name: str, timeout: float = 15.0) -> None:
+    """Wait until the booster shows ``name``'s instance as failed for good."""
+    pamkit.wait_for(lambda: (b.user(name) or {}).get("state") == "failed", timeout,
+                    desc=f"{name} failed for good")
 
 
 def new_booster(backend: str = "runit", start: bool = True, **overrides) -> BoosterProc:
