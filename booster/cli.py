@@ -341,8 +341,7 @@ def cmd_terminate(args) -> int:
     ack = _ask(args, args.socket or cfg.socket, p.Terminate, args.user, timeout=timeout)
     if isinstance(ack, int):
         return ack
-    print(f"{args.user}: {ack.value} session{'' if ack.value == 1 else 's'} ended, no instance left"
-          + (f" ({ack.text})" if ack.text else ""))
+    print(f"{args.user}: {ack.value} session{'' if ack.value == 1 else 's'} ended, no instance left")
     return EXIT_OK
 
 
@@ -359,8 +358,9 @@ def cmd_linger(args) -> int:
     ack = _ask(args, args.socket or cfg.socket, p.Linger, args.user, int(enable), timeout=timeout)
     if isinstance(ack, int):
         return ack
-    state = "enabled" if enable else "disabled"
-    print(f"{args.user}: linger {state}" if ack.value else f"{args.user}: linger was already {state}")
+    # Unchanged: already so, or (disable) the config's linger list keeps it; the booster says which.
+    print(f"{args.user}: linger {'enabled' if enable else 'disabled'}" if ack.value
+          else f"{args.user}: unchanged: {ack.text}")
     return EXIT_OK
 
 
@@ -466,8 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
         "linger", help="keep a user's instance without sessions, or stop keeping it (root)",
         formatter_class=formatter,
         description=_text("enable: USER's instance runs from now on (and from every booster start) whether or not "
-                    "they are logged in.  disable: it stops when their last session ends (at once if they "
-                    "have none).  The setting is kept in linger_dir; the config's linger list adds to it."),
+                    "they are logged in.  disable: it stops as anyone's does, stop_delay after their last "
+                    "session ends (now, if they have none).  The setting is kept in linger_dir; the config's "
+                    "linger list adds to it (disable does not change that list)."),
         epilog=_exits("0  done (also when it already was so)", "1  failed: no such user, or refused",
                       "2  usage or configuration error, or not root", "3  no booster running"))
     linger.add_argument("action", choices=("enable", "disable"), metavar="enable|disable",

@@ -240,3 +240,23 @@ def test_log_format_json(booster_factory):
     assert serving["level"] == "info" and serving["part"] == "booster" and serving["socket"] == b.socket
     assert serving["timestamp"].endswith("Z")  # ISO 8601, UTC
     assert records[-1]["event"] == "stopped"
+
+
+def test_status_notes_flags_and_how_a_failed_instance_ended():
+    from booster.cli import _entry_json, _entry_note
+    from common import protocol as p
+
+    def entry(**fields):
+        return p.StatusEntry(uid=1000, user="u", state=fields.pop("state", "ready"), pid=0, sessions=0, restarts=3,
+                             backend="dinit", **fields)
+
+    assert _entry_note(entry()) == ""
+    both = entry(flags=p.StatusFlags.LINGER | p.StatusFlags.PREWARMED)
+    assert _entry_note(both) == "linger, prewarmed"
+    assert _entry_json(both)["linger"] is True and _entry_json(both)["prewarmed"] is True
+    exited = entry(state="failed", exit_status=1, detail="died 4 times within restart_window")
+    assert _entry_note(exited) == "exit status 1, died 4 times within restart_window"
+    assert _entry_json(exited)["exit_status"] == 1 and _entry_json(exited)["signal"] is None
+    killed = entry(state="failed", signal=9, detail="killed")
+    assert _entry_note(killed) == "killed by SIGKILL, killed"
+    assert _entry_json(killed)["exit_status"] is None and _entry_json(killed)["signal"] == 9
