@@ -37,6 +37,12 @@ from common.config import Config
 # Seconds beyond stop_timeout for the whole shutdown: the KILL's grace, twice
 # (the instance, then what it left), and a second for the rest.
 SHUTDOWN_MARGIN = 2 * KILL_GRACE + 1.0
+# The state file is written this long after a change, once for all the changes
+# of that moment: a login makes several, and a rename on a busy disk costs
+# milliseconds that the login would otherwise wait for.  What it records is
+# for a successor after a crash; instances die with the booster anyway
+# (parent-death signal), and their cgroups are found without it.
+STATE_WRITE_DELAY = 0.05
 
 
 def make_backend(config: Config) -> Backend:
@@ -59,6 +65,7 @@ class Booster:
         self._stop = asyncio.Event()
         self._stop_signal: int | None = None
         self._state_pending = False
+        self._state_closed = False
         self._lock_fd: int | None = None
         self._ready_fd = ready_fd
         self.cgroups: CgroupTree | None = None
@@ -68,6 +75,7 @@ class Booster:
         self.pool = WarmPool(config.pool_size, self.reaper, self.loop, on_change=self.state_changed)
         self.leaders = None
         self.listener = Listener(self, config.socket)
+        self.started = start_time(os.getpid())
         self.linger_store = LingerStore(config.linger_dir)
         self.lingering: set[str] = set(config.linger)
 
@@ -194,10 +202,12 @@ class Booster:
     def state_changed(self) -> None:
         if not self._state_pending:
             self._state_pending = True
-            self.loop.call_soon(self.write_state)
+            self.loop.call_later(STATE_WRITE_DELAY, self.write_state)
 
     def write_state(self) -> None:
         self._state_pending = False
+        if self._state_closed:
+            return  # shut down: the file is gone for good
         instances = []
         for user in self.users.values():
             proc = user.process
@@ -207,7 +217,7 @@ class Booster:
                 "rundir": user.managed_rundir,
             })
         warm = [{"pid": child.pid, "started": child.started} for child in self.pool.children()]
-        state = {"pid": os.getpid(), "started": start_time(os.getpid()), "backend": self.backend.name,
+        state = {"pid": os.getpid(), "started": self.started, "backend": self.backend.name,
                  "cgroup": self.cgroups.base if self.cgroups else None,
                  "instances": instances, "warm": warm}
         tmp = self.state_path + ".tmp"
@@ -456,6 +466,7 @@ class Booster:
             self.leaders.close()
         self.reaper.reap()
         self.reaper.stop()
+        self._state_closed = True
         try:
             os.unlink(self.state_path)
         except FileNotFoundError:

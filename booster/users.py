@@ -102,7 +102,7 @@ class InstanceProcess:
         self.cgroup = cgroup  # the cgroup it runs in (below the cgroup2 mount), if any
         self.exited: asyncio.Future[ExitStatus] = loop.create_future()
         self.started = time.monotonic()
-        self.create_time = start_time(pid)
+        self._create_time = None
         self.last_output: collections.deque[str] = collections.deque(maxlen=3)
 
     def died_before_ready(self, status: ExitStatus, detail: str = "") -> str:
@@ -112,6 +112,13 @@ class InstanceProcess:
         if self.last_output:
             text += "; its last output: " + " | ".join(self.last_output)
         return text
+
+    @property
+    def create_time(self) -> float | None:
+        """Its start time (psutil's), for the state file: read when first needed."""
+        if self._create_time is None and self.alive:
+            self._create_time = start_time(self.pid)
+        return self._create_time
 
     def on_exit(self, status: ExitStatus) -> None:
         if not self.exited.done():

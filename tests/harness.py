@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -166,6 +167,11 @@ class BoosterProc:
         return None
 
     def state_file(self) -> dict:
+        """The booster's state file, once what just changed has been written
+        (it writes booster.daemon.STATE_WRITE_DELAY after a change)."""
+        from booster.daemon import STATE_WRITE_DELAY
+
+        time.sleep(4 * STATE_WRITE_DELAY)
         return json.loads(Path(self.state_dir, "state.json").read_text())
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:

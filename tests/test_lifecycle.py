@@ -19,7 +19,7 @@ from common import protocol as p
 from conftest import INVOKER, PAM_MODULE, PYTHON, as_user, exec_service, install_autostart, python_line, wait_gone
 from invoker.client import Client, Refused, query_status
 
-HOOK = os.path.join(os.path.dirname(PAM_MODULE), "hook.py")
+HOOK = os.path.join(os.path.dirname(PAM_MODULE), "pam_exec.py")
 
 
 def entry(b, name: str) -> p.StatusEntry | None:
