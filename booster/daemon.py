@@ -509,12 +509,17 @@ def _kill_tree(pid: int) -> list[int]:
     return [proc.pid for proc in procs]
 
 
-async def serve(config: Config, ready_fd: int | None = None) -> int:
+async def serve(config: Config, ready_fd: int | None = None, report_failure=None) -> int:
+    """Run until stopped.  ``report_failure(reason)`` is called if it cannot
+    start (``serve --daemon`` tells its waiting caller; a supervisor learns it
+    from the exit before readiness)."""
     booster = Booster(config, ready_fd)
     try:
         await booster.startup()
     except StartupError as exc:
         booster._log.error("cannot start", reason=str(exc))
+        if report_failure is not None:
+            report_failure(str(exc))
         booster.listener.close()
         booster._release_lock()
         return 1
