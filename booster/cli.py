@@ -358,7 +358,7 @@ def cmd_linger(args) -> int:
     ack = _ask(args, args.socket or cfg.socket, p.Linger, args.user, int(enable), timeout=timeout)
     if isinstance(ack, int):
         return ack
-    # Unchanged: already so, or (disable) the config's linger list keeps it; the booster says which.
+    # Unchanged: it already was so (the config's linger list cannot be undone here: refused).
     print(f"{args.user}: linger {'enabled' if enable else 'disabled'}" if ack.value
           else f"{args.user}: unchanged: {ack.text}")
     return EXIT_OK

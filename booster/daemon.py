@@ -369,7 +369,8 @@ class Booster:
         """Record linger for ``account`` (persistently); (changed, what it means)."""
         name = account.name
         if not enable and name in self.config.linger:
-            return False, f"{name} lingers by the linger list of the config file; remove them there"
+            raise Refused(p.ErrorCode.NOT_PERMITTED,
+                          f"{name} lingers by the linger list of the config file; remove them there")
         try:
             changed = self.linger_store.enable(name) if enable else self.linger_store.disable(name)
         except (OSError, LingerError) as exc:
