@@ -420,7 +420,8 @@ class Booster:
         """Record linger for ``account`` (persistently); (changed, what it means)."""
         name = account.name
         if not enable and name in self.config.linger:
-            return False, f"{name} lingers by the linger list of the config file; remove them there"
+            raise Refused(p.ErrorCode.NOT_PERMITTED,
+                          f"{name} lingers by the linger list of the config file; remove them there")
         try:
             changed = self.linger_store.enable(name) if enable else self.linger_store.disable(name)
         except (OSError, LingerError) as exc:
@@ -583,12 +584,19 @@ def _kill_tree(pid: int) -> list[int]:
     return [proc.pid for proc in procs]
 
 
-async def serve(config: Config, ready_fd: int | None = None, config_path: str | None = None) -> int:
+async def serve(config: Config, ready_fd: int | None = None, report_failure=None,
+                config_path: str | None = None) -> int:
+    """Run until stopped.  ``report_failure(reason)`` is called if it cannot
+    start (``serve --daemon`` tells its waiting caller; a supervisor learns it
+    from the exit before readiness).  ``config_path``: the file the config came
+    from, a trust anchor (None: the embedded defaults)."""
     booster = Booster(config, ready_fd, config_path)
     try:
         await booster.startup()
     except StartupError as exc:
         booster._log.error("cannot start", reason=str(exc))
+        if report_failure is not None:
+            report_failure(str(exc))
         booster.listener.close()
         booster._release_lock()
         return 1

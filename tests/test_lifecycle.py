@@ -169,8 +169,9 @@ def test_linger_from_the_config_list(booster_factory, user):
     b = booster_factory("runit", linger=[user.name])
     lingering = wait_state(b, user.name, "ready")
     assert lingering.flags & p.StatusFlags.LINGER
-    ack = ask(b, p.Linger, user.name, 0)
-    assert ack.value == 0 and "config file" in ack.text
+    with pytest.raises(Refused) as refused:
+        ask(b, p.Linger, user.name, 0)
+    assert refused.value.code == p.ErrorCode.NOT_PERMITTED and "config file" in refused.value.text
     assert entry(b, user.name).state == "ready"
     assert b.stop() == 0
     wait_gone(user.uid)
