@@ -48,3 +48,16 @@ def save(name: str, data: dict, path: str | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": name, "machine": machine(), **data}, indent=1) + "\n")
     return out
+
+
+def backends(choice: str) -> list[str]:
+    """The backends a ``--backend runit|dinit|all`` choice names, without dinit
+    (and saying so) where there is no dinit binary."""
+    import harness
+
+    chosen = ["runit", "dinit"] if choice == "all" else [choice]
+    if "dinit" in chosen and harness.dinit_binary() is None:
+        print(f"skipping dinit: {harness.NO_DINIT}", file=sys.stderr)
+        chosen.remove("dinit")
+    return chosen
+

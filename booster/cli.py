@@ -58,7 +58,8 @@ def _control_socket(args) -> str:
 
 
 def cmd_serve(args) -> int:
-    cfg, source = _load(args.config)
+    # Absolute: the booster checks the file it read (and --daemon changes directory).
+    cfg, source = _load(os.path.abspath(args.config) if args.config else None)
     _need_root("serve")
     if args.daemon:
         return _daemonize(cfg, source, args)
@@ -70,7 +71,8 @@ def _run(cfg, source: str, target: str, ready_fd: int | None, report_failure=Non
 
     log.setup(cfg.log_level, target, cfg.log_format)
     log.get("booster").info("config loaded", source=source)
-    return asyncio.run(daemon.serve(cfg, ready_fd, report_failure))
+    # ``source`` is the absolute path of the file read, or says the defaults were used.
+    return asyncio.run(daemon.serve(cfg, ready_fd, report_failure, source if source.startswith("/") else None))
 
 
 def _daemonize(cfg, source: str, args) -> int:

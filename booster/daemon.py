@@ -4,6 +4,13 @@ One event loop.  Signal handlers only record (``loop.add_signal_handler``);
 the loop does the work.  The state under ``state_dir`` (a lock, ``state.json``
 and one directory per user) lets a booster started after a crash find and
 clean what the previous one left before it serves.
+
+The config file, ``state_dir`` and the socket's directory are the booster's
+trust anchors: it serves only when each is root's and nobody else may write
+to it or to any directory above it.  The state directory is used through one
+descriptor, and a successor acts on the state file only where the live
+system confirms it (the same process: pid, start time and uid; a runtime
+directory only at ``rundir_path`` for that uid).
 """
 
 from __future__ import annotations
@@ -12,14 +19,15 @@ import asyncio
 import fcntl
 import json
 import os
+import resource
 import signal
 import socket
 import time
 
 import psutil
 
-from booster import log, rundir
-from booster.accounts import Account, UnknownUser, lookup
+from booster import log, rundir, safefs
+from booster.accounts import Account, AccountLookups, LookupStalled, UnknownUser
 from booster.backends.base import Backend
 from booster.backends.dinit import DinitBackend
 from booster.backends.runit import RunitBackend
@@ -37,6 +45,9 @@ from common.config import Config
 # Seconds beyond stop_timeout for the whole shutdown: the KILL's grace, twice
 # (the instance, then what it left), and a second for the rest.
 SHUTDOWN_MARGIN = 2 * KILL_GRACE + 1.0
+STATE_FILE = "state.json"
+LOCK_FILE = "booster.lock"
+STATE_LIMIT = 16 << 20  # bytes: a state file larger than this is not ours
 # The state file is written this long after a change, once for all the changes
 # of that moment: a login makes several, and a rename on a busy disk costs
 # milliseconds that the login would otherwise wait for.  What it records is
@@ -54,8 +65,9 @@ class StartupError(Exception):
 
 
 class Booster:
-    def __init__(self, config: Config, ready_fd: int | None = None) -> None:
+    def __init__(self, config: Config, ready_fd: int | None = None, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path  # None: the embedded defaults
         self.backend = make_backend(config)
         self.users: dict[int, UserInstance] = {}
         self.sessions: dict[int, Session] = {}
@@ -67,10 +79,12 @@ class Booster:
         self._state_pending = False
         self._state_closed = False
         self._lock_fd: int | None = None
+        self._state_fd: int | None = None  # state_dir, checked once at startup
         self._ready_fd = ready_fd
         self.cgroups: CgroupTree | None = None
         self._log = log.get("booster")
         self.loop = asyncio.get_running_loop()
+        self.accounts = AccountLookups(self.loop)
         self.reaper = Reaper(self.loop)
         self.pool = WarmPool(config.pool_size, self.reaper, self.loop, on_change=self.state_changed)
         self.leaders = None
@@ -86,11 +100,12 @@ class Booster:
     # --- startup ----------------------------------------------------------------------
 
     async def startup(self) -> None:
+        self._check_trust_anchors()
         try:
             self.backend.check()
         except Exception as exc:  # BackendError
             raise StartupError(str(exc)) from None
-        os.makedirs(self.config.state_dir, mode=0o755, exist_ok=True)
+        self._raise_open_files_limit()
         self._take_lock()
         self.cgroups = CgroupTree.discover(self.config.cgroup, self.config.state_dir)
         self.pool.cgroups = self.cgroups
@@ -110,9 +125,9 @@ class Booster:
                        pool_size=self.config.pool_size, cgroup=self.cgroups.base if self.cgroups else "off",
                        leader_watch=self.leaders.kind)
         self._notify_ready()
-        self._start_lingering()
+        await self._start_lingering()
 
-    def _start_lingering(self) -> None:
+    async def _start_lingering(self) -> None:
         """Lingering users' instances start with the booster (not waited for)."""
         try:
             self.lingering |= self.linger_store.names()
@@ -121,16 +136,44 @@ class Booster:
                             linger_dir=self.config.linger_dir, error=str(exc))
         for name in sorted(self.lingering):
             try:
-                account = lookup(name)
-            except UnknownUser as exc:
+                account = await self.accounts.by_name(name)  # NSS off the event loop
+            except (UnknownUser, LookupStalled) as exc:
                 self._log.warning("lingering user unknown; skipped", user=name, reason=str(exc))
                 continue
             self._log.info("starting a lingering user's instance", user=name)
             self.user_of(account).begin()
 
+    def _check_trust_anchors(self) -> None:
+        """Serve only from a config file, state_dir and socket directory that no
+        user can change (each root's, not group- or world-writable, on a path
+        that is root's all the way up); else refuse, naming the path."""
+        config = self.config
+        try:
+            if self.config_path is not None:
+                safefs.check_root_file(self.config_path)
+            self._state_fd = safefs.check_root_dir(config.state_dir, create_mode=0o755)
+            os.close(safefs.check_root_dir(os.path.dirname(config.socket), create_mode=0o755))
+        except safefs.UnsafePath as exc:
+            raise StartupError(f"untrusted path: {exc}") from None
+
+    def _raise_open_files_limit(self) -> None:
+        """Every connection, session watch and instance costs descriptors: use what
+        the hard limit allows (spawned instances get the usual soft limit back)."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (ValueError, OSError):
+                pass
+        needed = self.config.max_connections + 64
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            self._log.warning("open files limit is low for max_connections", limit=soft,
+                              max_connections=self.config.max_connections)
+
     def _take_lock(self) -> None:
-        path = os.path.join(self.config.state_dir, "booster.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644,
+                     dir_fd=self._state_fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -156,22 +199,30 @@ class Booster:
                 except OSError as exc:
                     self._log.warning("cannot notify systemd", error=exc.strerror)
 
-    async def _clean_previous(self) -> None:
-        """End what a booster that died left behind: processes, runtime
-        directories, per-user directories, its state file."""
+    def _read_previous(self) -> dict | None:
+        """The previous booster's state file, or None when there is none or it is
+        not a state file of root's."""
         try:
-            with open(self.state_path) as fh:
-                old = json.load(fh)
-        except FileNotFoundError:
-            old = None
+            raw = safefs.read_root_file(self._state_fd, STATE_FILE, STATE_LIMIT)
+            old = None if raw is None else json.loads(raw)
         except (OSError, ValueError) as exc:
             self._log.warning("unreadable state file ignored", path=self.state_path, error=str(exc))
-            old = None
+            return None
+        if old is not None and not isinstance(old, dict):
+            self._log.warning("state file ignored: not a state file", path=self.state_path)
+            return None
+        return old
+
+    async def _clean_previous(self) -> None:
+        """End what a booster that died left behind: processes, runtime
+        directories, per-user directories, its state file.  Only what the
+        records and the live system both confirm is touched."""
+        old = self._read_previous()
         killed = []
         if old:
-            for entry in old.get("instances", []) + old.get("warm", []):
-                pid, started = entry.get("pid"), entry.get("started")
-                if pid and _same_process(pid, started):
+            for entry in _records(old, "instances") + _records(old, "warm"):
+                pid, started, uid = entry.get("pid"), entry.get("started"), entry.get("uid", 0)
+                if _same_process(pid, started, uid):
                     killed += _kill_tree(pid)
         if self.cgroups is not None:
             for path in self.cgroups.leftovers():
@@ -181,21 +232,29 @@ class Booster:
                     await self.cgroups.wait_empty(path, KILL_GRACE, self.loop)
                 self.cgroups.remove(path)
         removed = []
-        for entry in (old or {}).get("instances", []):
-            path, uid = entry.get("rundir"), entry.get("uid")
-            if path and uid is not None and os.path.lexists(path):
+        for entry in _records(old or {}, "instances"):
+            path, uid, gid = entry.get("rundir"), entry.get("uid"), entry.get("gid")
+            if not path:
+                continue
+            if not _int(uid) or path != _rundir_of(self.config.rundir_path, uid, gid):
+                self._log.warning("runtime directory in the state file left alone: not rundir_path of its user",
+                                  path=str(path), uid=uid)
+                continue
+            if os.path.lexists(path):
                 rundir.remove(path, uid)
                 removed.append(path)
-        users_dir = os.path.join(self.config.state_dir, "users")
-        if os.path.lexists(users_dir):
-            rundir.remove(users_dir, 0)
+        self._remove_users_dir()
         if old is not None or killed or removed:
-            self._log.warning("cleaned up after a previous booster", previous_pid=(old or {}).get("pid"),
+            self._log.warning("cleaned up after a previous booster", previous_pid=old.get("pid") if old else None,
                               killed=killed, removed=removed)
+        safefs.unlink_at(self._state_fd, STATE_FILE)
+
+    def _remove_users_dir(self) -> None:
+        path = os.path.join(self.config.state_dir, "users")
         try:
-            os.unlink(self.state_path)
-        except FileNotFoundError:
-            pass
+            safefs.remove_at(self._state_fd, "users", path)
+        except OSError as exc:
+            self._log.warning("cannot remove the users' directories", path=path, error=exc.strerror or str(exc))
 
     # --- state file ------------------------------------------------------------------
 
@@ -206,13 +265,14 @@ class Booster:
 
     def write_state(self) -> None:
         self._state_pending = False
-        if self._state_closed:
-            return  # shut down: the file is gone for good
+        if self._state_closed or self._state_fd is None:
+            return  # not started, or shut down: the file is gone for good
         instances = []
         for user in self.users.values():
             proc = user.process
             instances.append({
-                "uid": user.account.uid, "user": user.account.name, "state": user.state.value,
+                "uid": user.account.uid, "gid": user.account.gid, "user": user.account.name,
+                "state": user.state.value,
                 "pid": proc.pid if proc else None, "started": proc.create_time if proc else None,
                 "rundir": user.managed_rundir,
             })
@@ -220,34 +280,25 @@ class Booster:
         state = {"pid": os.getpid(), "started": self.started, "backend": self.backend.name,
                  "cgroup": self.cgroups.base if self.cgroups else None,
                  "instances": instances, "warm": warm}
-        tmp = self.state_path + ".tmp"
         try:
-            with open(tmp, "w") as fh:
-                json.dump(state, fh, indent=1)
-            os.replace(tmp, self.state_path)
+            safefs.replace_file_at(self._state_fd, STATE_FILE, json.dumps(state, indent=1).encode(), 0o644)
         except OSError as exc:
             self._log.error("cannot write the state file", path=self.state_path, error=exc.strerror)
 
     # --- connections and sessions ---------------------------------------------------------
 
-    def add_connection(self, sock: socket.socket) -> None:
-        if self._stop.is_set() or len(self.connections) >= self.config.max_connections:
-            self._log.warning("connection refused", reason="stopping" if self._stop.is_set() else "too many",
-                              limit=self.config.max_connections)
-            sock.close()
-            return
-        try:
-            conn = ClientConnection(self, sock)
-        except OSError:
-            sock.close()
-            return
+    def add_connection(self, sock: socket.socket, cred) -> None:
+        """A connection the listener admitted (``server.Admission``)."""
+        conn = ClientConnection(self, sock, cred)
         self.connections.add(conn)
         task = self.loop.create_task(conn.run())
         self._conn_tasks.add(task)
         task.add_done_callback(self._conn_tasks.discard)
 
     def connection_done(self, conn: ClientConnection) -> None:
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.listener.release(conn.cred)
 
     def open_session(self, account: Account, req: p.OpenSession, leader: int, hello: p.Hello,
                      conn: ClientConnection | None, peer_pid: int) -> Session:
@@ -468,11 +519,8 @@ class Booster:
         self.reaper.reap()
         self.reaper.stop()
         self._state_closed = True
-        try:
-            os.unlink(self.state_path)
-        except FileNotFoundError:
-            pass
-        rundir.remove(os.path.join(self.config.state_dir, "users"), 0)
+        safefs.unlink_at(self._state_fd, STATE_FILE)
+        self._remove_users_dir()
         if self.cgroups is not None:
             self.cgroups.remove(self.cgroups.base)
         self._release_lock()
@@ -480,20 +528,46 @@ class Booster:
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
-            try:
-                os.unlink(os.path.join(self.config.state_dir, "booster.lock"))
-            except FileNotFoundError:
-                pass
+            safefs.unlink_at(self._state_fd, LOCK_FILE)
             os.close(self._lock_fd)
             self._lock_fd = None
-        try:
-            os.rmdir(self.config.state_dir)
-        except OSError:
-            pass  # not empty (something of the admin's is in it): leave it
+        if self._state_fd is not None:
+            os.close(self._state_fd)
+            self._state_fd = None
+            try:
+                os.rmdir(self.config.state_dir)
+            except OSError:
+                pass  # not empty (another booster's, or the admin's files): leave it
 
 
-def _same_process(pid: int, started) -> bool:
-    return started is not None and start_time(pid) == started
+def _records(state: dict, key: str) -> list[dict]:
+    entries = state.get(key)
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+def _int(value) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _rundir_of(pattern: str, uid: int, gid) -> str | None:
+    """``rundir_path`` for that user, or None when it needs a gid the record lacks."""
+    if not _int(gid):
+        if "%g" in pattern.replace("%%", ""):
+            return None
+        gid = 0
+    return rundir.expand(pattern, uid, gid)
+
+
+def _same_process(pid, started, uid) -> bool:
+    """Is ``pid`` still the process recorded: same start time, same real uid?"""
+    if not _int(pid) or pid <= 1 or not _int(uid) or type(started) not in (int, float):
+        return False
+    if start_time(pid) != started:
+        return False
+    try:
+        return psutil.Process(pid).uids().real == uid
+    except psutil.Error:
+        return False
 
 
 def _kill_tree(pid: int) -> list[int]:
@@ -510,11 +584,13 @@ def _kill_tree(pid: int) -> list[int]:
     return [proc.pid for proc in procs]
 
 
-async def serve(config: Config, ready_fd: int | None = None, report_failure=None) -> int:
+async def serve(config: Config, ready_fd: int | None = None, report_failure=None,
+                config_path: str | None = None) -> int:
     """Run until stopped.  ``report_failure(reason)`` is called if it cannot
     start (``serve --daemon`` tells its waiting caller; a supervisor learns it
-    from the exit before readiness)."""
-    booster = Booster(config, ready_fd)
+    from the exit before readiness).  ``config_path``: the file the config came
+    from, a trust anchor (None: the embedded defaults)."""
+    booster = Booster(config, ready_fd, config_path)
     try:
         await booster.startup()
     except StartupError as exc:

@@ -1,10 +1,12 @@
 """The user's runtime directory (``XDG_RUNTIME_DIR``), made and removed safely.
 
-Both directions work through directory descriptors and ``*at`` calls with
-``O_NOFOLLOW``: a symlink planted anywhere a user can write is refused, never
-followed, and removal never leaves the directory's own filesystem.  A
-symlink among the parents is followed only where no user could have planted
-it (owned by root, in a directory only root can write to).
+Both directions work through directory descriptors (``booster.safefs``): its
+parents must be root's (and are made so when missing), a symlink planted
+anywhere a user can write is refused, never followed, and removal never
+leaves the directory's own filesystem.  An existing directory is taken over
+only when it is already the user's, or is root's and empty.  A runtime
+directory named by the PAM environment (a hint) is used only when it is a
+real directory of that user's.
 """
 
 from __future__ import annotations
@@ -13,10 +15,7 @@ import errno
 import os
 import stat
 
-from booster import log
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
+from booster import log, safefs
 
 class RundirError(Exception):
     pass
@@ -34,58 +33,34 @@ def expand(pattern: str, uid: int, gid: int) -> str:
     return os.path.normpath("".join(out))
 
 
-def _trusted_link(parent_fd: int, name: str, st: os.stat_result) -> bool:
-    parent = os.fstat(parent_fd)
-    return st.st_uid == 0 and parent.st_uid == 0 and not parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-
-
-def _open_parent(path: str) -> int:
-    """Open (creating 0755 root-owned directories as needed) every directory above
-    ``path``'s last component; return a descriptor of the last one."""
-    parts = [p for p in path.split("/") if p][:-1]
-    fd = os.open("/", _DIR_FLAGS)
+def _open_parent(path: str, create: bool) -> int:
     try:
-        for depth, name in enumerate(parts):
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                try:
-                    os.mkdir(name, 0o755, dir_fd=fd)
-                except FileExistsError:
-                    pass
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if stat.S_ISLNK(st.st_mode):
-                if not _trusted_link(fd, name, st):
-                    raise RundirError(f"{'/' + '/'.join(parts[:depth + 1])} is a symlink a user could have made")
-                target = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
-            elif stat.S_ISDIR(st.st_mode):
-                target = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            else:
-                raise RundirError(f"{'/' + '/'.join(parts[:depth + 1])} is not a directory")
-            os.close(fd)
-            fd = target
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
+        return safefs.open_dir(os.path.dirname(path), create_mode=0o755 if create else None)
+    except safefs.UnsafePath as exc:
+        raise RundirError(f"{exc}; refusing to use {path}") from None
+    except FileNotFoundError:
+        if not create:
+            raise  # nothing there to remove
+        raise RundirError(f"a parent of {path} vanished while it was made") from None
+    except OSError as exc:
+        raise RundirError(f"cannot open the parents of {path}: {exc.strerror}") from None
 
 
 def create(path: str, uid: int, gid: int) -> None:
     """Make ``path`` a directory owned by ``uid:gid`` with mode 0700.  An existing
-    directory is taken over if root or the user owns it; anything else (a
-    symlink, a file, another user's directory) is refused untouched."""
+    directory is taken over if the user owns it, or if root owns it, it is empty
+    and nobody else may write to it; anything else (a symlink, a file, another
+    user's directory, root's with something in it) is refused untouched."""
     name = os.path.basename(path)
-    try:
-        parent = _open_parent(path)
-    except OSError as exc:
-        raise RundirError(f"cannot open the parents of {path}: {exc.strerror}") from None
+    parent = _open_parent(path, create=True)
     try:
         try:
             os.mkdir(name, 0o700, dir_fd=parent)
+            made = True
         except FileExistsError:
-            pass
+            made = False
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            fd = safefs.open_entry_dir(parent, name)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 # O_DIRECTORY makes the kernel answer ENOTDIR for a symlink too: look.
@@ -98,8 +73,14 @@ def create(path: str, uid: int, gid: int) -> None:
             raise RundirError(f"cannot open {path}: {exc.strerror}") from None
         try:
             st = os.fstat(fd)
-            if st.st_uid not in (0, uid):
-                raise RundirError(f"{path} exists and belongs to uid {st.st_uid}; refusing to use it")
+            if st.st_uid != uid and not made:
+                if st.st_uid != 0:
+                    raise RundirError(f"{path} exists and belongs to uid {st.st_uid}; refusing to use it")
+                if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                    raise RundirError(f"{path} exists, is root's and others may write to it; refusing to use it")
+                with os.scandir(fd) as entries:
+                    if next(entries, None) is not None:
+                        raise RundirError(f"{path} exists, is root's and is not empty; refusing to use it")
             os.fchown(fd, uid, gid)
             os.fchmod(fd, 0o700)
         finally:
@@ -108,68 +89,40 @@ def create(path: str, uid: int, gid: int) -> None:
         os.close(parent)
 
 
+def check_hint(path: str, uid: int) -> str | None:
+    """Why ``path`` (XDG_RUNTIME_DIR from the PAM environment, which a user can
+    set) cannot be ``uid``'s runtime directory, or None when it can: it must be
+    a real directory of that user's, reached without a symlink a user could
+    have planted."""
+    try:
+        fd = safefs.open_dir(path, trusted=False)
+    except safefs.UnsafePath as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if st.st_uid != uid:
+        return f"{path} belongs to uid {st.st_uid}"
+    return None
+
+
 def remove(path: str, uid: int) -> None:
     """Remove the runtime directory and everything in it on its own filesystem.
     Entries on other mounts are left (and logged); so is a ``path`` that is no
     longer the user's directory."""
-    name = os.path.basename(path)
     try:
-        parent = _open_parent(path)
-    except (OSError, RundirError) as exc:
+        parent = _open_parent(path, create=False)
+    except FileNotFoundError:
+        return
+    except RundirError as exc:
         log.get("rundir").warning("runtime directory not removed", path=path, reason=str(exc))
         return
     try:
-        try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            log.get("rundir").warning("runtime directory not removed", path=path, reason=exc.strerror)
-            return
-        try:
-            st = os.fstat(fd)
-            if st.st_uid != uid:
-                log.get("rundir").warning("runtime directory not removed: not the user's", path=path)
-                return
-            _empty(fd, st.st_dev, path)
-        finally:
-            os.close(fd)
-        try:
-            os.rmdir(name, dir_fd=parent)
-        except OSError as exc:
-            log.get("rundir").warning("runtime directory not removed", path=path, reason=exc.strerror)
+        safefs.remove_at(parent, os.path.basename(path), path, owner=uid)
+    except OSError as exc:
+        log.get("rundir").warning("runtime directory not removed", path=path, reason=exc.strerror or str(exc))
     finally:
         os.close(parent)
-
-
-def _empty(dir_fd: int, dev: int, where: str) -> None:
-    with os.scandir(dir_fd) as entries:
-        names = [entry.name for entry in entries]
-    for name in names:
-        try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            if st.st_dev != dev:
-                log.get("rundir").warning("left a mount point alone", path=os.path.join(where, name))
-                continue
-            try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-            except OSError:
-                continue  # replaced under us: the rmdir below fails and says so
-            try:
-                if os.fstat(child).st_dev == dev:
-                    _empty(child, dev, os.path.join(where, name))
-            finally:
-                os.close(child)
-            try:
-                os.rmdir(name, dir_fd=dir_fd)
-            except OSError as exc:
-                log.get("rundir").warning("cannot remove", path=os.path.join(where, name),
-                                          reason=exc.strerror)
-        else:
-            try:
-                os.unlink(name, dir_fd=dir_fd)
-            except FileNotFoundError:
-                pass

@@ -6,26 +6,37 @@ root may open or close sessions, pre-warm, terminate or set linger.
 A session opened with ``KEEP_CONNECTION`` stays bound to its connection: the
 connection's end-of-file ends it, and when the booster ends it the client
 gets ENDED.  Every exit path goes through one orderly disconnect.
+
+The socket is open to every local user, so no peer may crowd out another's
+login: ``Admission`` caps the connections of each non-root uid and keeps
+``reserved_root_connections`` for root (the PAM side), a non-root peer gets
+``client_idle_timeout`` for its HELLO and again for its request, and the
+accept loop takes a bounded batch per wake-up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import socket
 import stat
 
 from booster import log
-from booster.accounts import UnknownUser, lookup
+from booster.accounts import LookupStalled, UnknownUser
 from booster.peers import PeerCred, identify_leader, peer_cred
 from booster.users import StartFailed
 from common import protocol as p
 from common.disconnect import disconnect_async
 
 AGENT = "booster/0.1"
-HANDSHAKE_TIMEOUT = 5.0   # seconds for the client's HELLO and its request
+HANDSHAKE_TIMEOUT = 5.0   # seconds for a root peer's HELLO, and again for its request
 SEND_TIMEOUT = 5.0        # a client that does not read its replies is dropped
 LOGIN_MARGIN = 1.0        # beyond login_timeout before a waiting session is dropped
+LISTEN_BACKLOG = 4096     # the kernel caps it at net.core.somaxconn
+ACCEPT_BATCH = 64         # connections taken per wake-up: a flood must not starve the loop
+ACCEPT_PAUSE = 0.1        # seconds without accepting after EMFILE and the like
+REFUSAL_LOG_INTERVAL = 1.0  # seconds: refusals beyond the first are summed into one line per interval
 
 
 class Refused(Exception):
@@ -40,12 +51,82 @@ class _Gone(Exception):
     """The client went away (end-of-file or a broken connection)."""
 
 
+class Admission:
+    """Connection accounting: how many connections each peer uid holds, and
+    whether one more may come in."""
+
+    def __init__(self, config) -> None:
+        self.max_total = config.max_connections
+        self.max_shared = config.max_connections - config.reserved_root_connections
+        self.max_per_uid = config.max_connections_per_uid
+        self.total = 0
+        self.shared = 0  # held by non-root peers
+        self.by_uid: collections.Counter[int] = collections.Counter()
+
+    def admit(self, uid: int) -> str | None:
+        """Count one more connection of ``uid``; or why not (then nothing is counted)."""
+        if self.total >= self.max_total:
+            return f"{self.total} connections held (max_connections)"
+        if uid != 0:
+            if self.by_uid[uid] >= self.max_per_uid:
+                return f"uid {uid} holds {self.by_uid[uid]} connections (max_connections_per_uid)"
+            if self.shared >= self.max_shared:
+                return (f"{self.shared} connections held by users; the other "
+                        f"{self.max_total - self.max_shared} are root's (reserved_root_connections)")
+            self.shared += 1
+        self.by_uid[uid] += 1
+        self.total += 1
+        return None
+
+    def release(self, uid: int) -> None:
+        self.total -= 1
+        if uid != 0:
+            self.shared -= 1
+        self.by_uid[uid] -= 1
+        if self.by_uid[uid] <= 0:
+            del self.by_uid[uid]
+
+
+class ThrottledLog:
+    """One warning at once, then the count of the same event over each interval:
+    a flood of refusals must not become a flood of log lines."""
+
+    def __init__(self, logger, event: str, interval: float = REFUSAL_LOG_INTERVAL) -> None:
+        self._log, self._event, self._interval = logger, event, interval
+        self._counts: collections.Counter = collections.Counter()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def note(self, key, **fields) -> None:
+        if self._timer is None:
+            self._log.warning(self._event, **fields)
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self._flush)
+        else:
+            self._counts[key] += 1
+
+    def _flush(self) -> None:
+        self._timer = None
+        if self._counts:
+            self._log.warning(self._event + " (summed)", seconds=self._interval,
+                              counts=" ".join(f"{k}:{n}" for k, n in sorted(self._counts.items(), key=str)))
+            self._counts.clear()
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self._flush)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class Listener:
     def __init__(self, booster, path: str) -> None:
         self.booster = booster
         self.path = path
         self.sock: socket.socket | None = None
+        self.admission = Admission(booster.config)
         self._log = log.get("listener")
+        self._refusals = ThrottledLog(self._log, "connection refused")
+        self._accept_errors = ThrottledLog(self._log, "accept failed")
+        self._paused: asyncio.TimerHandle | None = None
 
     def open(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
@@ -56,7 +137,7 @@ class Listener:
                 sock.bind(self.path)
             finally:
                 os.umask(old)
-            sock.listen(128)
+            sock.listen(LISTEN_BACKLOG)
         except BaseException:
             sock.close()
             raise
@@ -64,21 +145,59 @@ class Listener:
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
 
     def _accept(self) -> None:
-        while True:
+        for _ in range(ACCEPT_BATCH):
             try:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and friends: log, keep serving
-                self._log.error("accept failed", error=exc.strerror)
+            except OSError as exc:  # EMFILE and friends: the socket stays readable, so pause
+                self._accept_errors.note(exc.errno, error=exc.strerror, pause=ACCEPT_PAUSE)
+                self._pause()
                 return
+            try:
+                cred = peer_cred(conn)
+            except OSError:
+                conn.close()
+                continue
+            reason = "the booster is stopping" if self.booster.stopping else self.admission.admit(cred.uid)
+            if reason is not None:
+                self._refuse(conn, cred, reason)
+                continue
             conn.setblocking(False)
-            self.booster.add_connection(conn)
+            self.booster.add_connection(conn, cred)
+
+    def _refuse(self, conn: socket.socket, cred: PeerCred, reason: str) -> None:
+        self._refusals.note(cred.uid, peer_uid=cred.uid, peer_pid=cred.pid, reason=reason)
+        try:  # the client learns why (best effort: it may not even read)
+            conn.send(p.encode(p.Error(code=p.ErrorCode.LIMIT_REACHED, text=reason)), socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        conn.close()
+
+    def _pause(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.sock.fileno())
+        self._paused = loop.call_later(ACCEPT_PAUSE, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = None
+        if self.sock is not None:
+            asyncio.get_running_loop().add_reader(self.sock.fileno(), self._accept)
+
+    def release(self, cred: PeerCred) -> None:
+        """A connection admitted by this listener is done."""
+        self.admission.release(cred.uid)
 
     def close(self) -> None:
         if self.sock is None:
             return
-        asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        loop = asyncio.get_running_loop()
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
+        loop.remove_reader(self.sock.fileno())
+        self._refusals.close()
+        self._accept_errors.close()
         self.sock.close()
         self.sock = None
         try:
@@ -109,11 +228,17 @@ def _claim_path(path: str) -> None:
 
 
 class ClientConnection:
-    def __init__(self, booster, sock: socket.socket) -> None:
+    def __init__(self, booster, sock: socket.socket, cred: PeerCred) -> None:
         self.booster = booster
         self.sock = sock
         self.loop = asyncio.get_running_loop()
-        self.cred: PeerCred = peer_cred(sock)
+        self.cred = cred
+        # A non-root peer can only ask about itself: it gets little time to ask.
+        config = booster.config
+        self.idle_timeout = HANDSHAKE_TIMEOUT if cred.uid == 0 else config.client_idle_timeout
+        self.disconnect_timeout = (config.disconnect_timeout if cred.uid == 0
+                                   else min(config.disconnect_timeout, config.client_idle_timeout))
+        self._remote_error: p.RemoteProtocolError | None = None
         self.proto = p.Connection(p.Role.SERVER)
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.hello: p.Hello | None = None
@@ -141,6 +266,7 @@ class ClientConnection:
                     self.inbox.put_nowait(("eof", None))
                     return
         except p.RemoteProtocolError as exc:
+            self._remote_error = exc
             self.inbox.put_nowait(("bad", exc))
         except OSError:
             self.inbox.put_nowait(("eof", None))
@@ -165,6 +291,10 @@ class ClientConnection:
         raise _Gone()
 
     async def send(self, msg: p.Message) -> None:
+        if self._remote_error is not None:
+            # The client broke the protocol (bytes after its request, say): the
+            # exchange is over by its doing, not ours.
+            raise Refused(self._remote_error.code, str(self._remote_error))
         data = self.proto.send(msg)
         try:
             await asyncio.wait_for(self.loop.sock_sendall(self.sock, data), SEND_TIMEOUT)
@@ -190,7 +320,7 @@ class ClientConnection:
             if self.session is not None and not self.session.ended and self.session.bound:
                 self.booster.end_session(self.session, None)
             self._reader.cancel()
-            await disconnect_async(self.sock, self.booster.config.disconnect_timeout, self.loop)
+            await disconnect_async(self.sock, self.disconnect_timeout, self.loop)
             self.booster.connection_done(self)
 
     async def _send_error(self, code: p.ErrorCode, text: str) -> None:
@@ -208,11 +338,11 @@ class ClientConnection:
             pass
 
     async def _serve(self) -> None:
-        hello = await self._next_message(HANDSHAKE_TIMEOUT)
+        hello = await self._next_message(self.idle_timeout)
         self.hello = hello  # the state table admits only HELLO first
         flags = p.HelloFlags.PEER_VISIBLE if self.cred.pid > 0 else 0
         await self.send(p.Hello(pid=os.getpid(), pidns=_own_pidns(), flags=int(flags), agent=AGENT))
-        request = await self._next_message(HANDSHAKE_TIMEOUT)
+        request = await self._next_message(self.idle_timeout)
         if isinstance(request, p.OpenSession):
             await self._open(request)
         elif isinstance(request, p.CloseSession):
@@ -225,10 +355,7 @@ class ClientConnection:
     async def _open(self, req: p.OpenSession) -> None:
         if self.cred.uid != 0:
             raise Refused(p.ErrorCode.NOT_PERMITTED, "only root may open sessions")
-        try:
-            account = lookup(req.user)
-        except UnknownUser as exc:
-            raise Refused(p.ErrorCode.UNKNOWN_USER, str(exc)) from None
+        account = await self.account(req.user)
         keep = bool(req.flags & p.OpenFlags.KEEP_CONNECTION)
         leader = identify_leader(self.cred.pid, req.leader_pid)
         if leader is None and not keep:
@@ -272,6 +399,8 @@ class ClientConnection:
                     raise Refused(p.ErrorCode.START_FAILED, value.text or "session ended")
                 if kind == "msg":
                     raise Refused(p.ErrorCode.UNEXPECTED_MESSAGE, "message while the session was starting")
+                if kind == "bad":
+                    raise Refused(value.code, str(value))
                 # end-of-file: the invoker gave up.  A leader-bound session lives on.
                 raise _Gone()
             raise Refused(p.ErrorCode.TIMEOUT, "the instance was not ready in time")
@@ -311,15 +440,21 @@ class ClientConnection:
         self._log.info("session closed", user=session.user.account.name, session=session.id)
         await self.send(p.Closed(session_id=session.id))
 
+    async def account(self, name: str):
+        """The account called ``name`` (looked up off the event loop), or Refused."""
+        try:
+            return await self.booster.accounts.by_name(name)
+        except UnknownUser as exc:
+            raise Refused(p.ErrorCode.UNKNOWN_USER, str(exc)) from None
+        except LookupStalled as exc:
+            raise Refused(p.ErrorCode.TIMEOUT, str(exc)) from None
+
     async def _about_user(self, req) -> None:
         """PREWARM, TERMINATE and LINGER: root only, each answered with ACK."""
         what = p.MessageType.name(req.TYPE)
         if self.cred.uid != 0:
             raise Refused(p.ErrorCode.NOT_PERMITTED, f"only root may send {what}")
-        try:
-            account = lookup(req.user)
-        except UnknownUser as exc:
-            raise Refused(p.ErrorCode.UNKNOWN_USER, str(exc)) from None
+        account = await self.account(req.user)
         self._log = self._log.bind(user=account.name)
         if isinstance(req, p.Prewarm):
             started = self.booster.prewarm(account)
@@ -338,11 +473,15 @@ class ClientConnection:
         if self.cred.uid != 0:
             users = [u for u in users if u.account.uid == self.cred.uid]
             if req.user and not any(u.account.name == req.user for u in users):
+                # Whether the name is the caller's own comes from the caller's uid:
+                # a name it sends is never looked up (that would let any user make
+                # the booster query a slow directory for names of its choosing).
                 try:
-                    if lookup(req.user).uid != self.cred.uid:
-                        raise Refused(p.ErrorCode.NOT_PERMITTED, "you may only ask about yourself")
-                except UnknownUser:
-                    raise Refused(p.ErrorCode.NOT_PERMITTED, "you may only ask about yourself") from None
+                    own = await self.booster.accounts.name_of(self.cred.uid)
+                except LookupStalled as exc:
+                    raise Refused(p.ErrorCode.TIMEOUT, str(exc)) from None
+                if req.user != own:
+                    raise Refused(p.ErrorCode.NOT_PERMITTED, "you may only ask about yourself")
         if req.user:
             users = [u for u in users if u.account.name == req.user]
         count = 0

@@ -34,16 +34,17 @@ import socket
 import stat
 import time
 
-from booster import log, rundir
+from booster import log, rundir, safefs
 from booster.accounts import Account
 from booster.backends.base import InstanceSpec, Launch, StartError
+from booster.output import READ_CHUNK, OutputLimiter, escape
 from booster.reaper import ExitStatus, start_time
 from booster.spawn import NO_RETRY_CODES, SpawnOrder, send_order
 from common import protocol as p
 from common.protocol import EndReason, ErrorCode
 
 KILL_GRACE = 2.0      # seconds to wait for a SIGKILLed process to be reaped
-LOG_LINE_LIMIT = 2048
+DROPPED_REPORT_INTERVAL = 1.0  # seconds: at most one "instance output dropped" line per interval
 
 
 class UserState(enum.Enum):
@@ -414,13 +415,19 @@ class UserInstance:
         runtime directory."""
         account, config = self.account, self.config
         try:
-            os.makedirs(self.user_dir, mode=0o755, exist_ok=True)
+            os.close(safefs.open_dir(self.user_dir, create_mode=0o755))
         except OSError as exc:
-            raise StartFailed(f"cannot create {self.user_dir}: {exc.strerror}", final=True) from None
+            raise StartFailed(f"cannot create {self.user_dir}: {exc.strerror or exc}", final=True) from None
         self.runtime_dir = self.managed_rundir = None
         if self._runtime_hint:
-            self.runtime_dir = self._runtime_hint
-        elif config.manage_rundir and not self._no_rundir:
+            # The PAM environment is partly the user's (~/.pam_environment): the
+            # hint is used only when it is a real directory of theirs.
+            why = rundir.check_hint(self._runtime_hint, account.uid)
+            if why is None:
+                self.runtime_dir = self._runtime_hint
+            else:
+                self._log.warning("XDG_RUNTIME_DIR from the PAM environment ignored", reason=escape(why))
+        if self.runtime_dir is None and config.manage_rundir and not self._no_rundir:
             path = rundir.expand(config.rundir_path, account.uid, account.gid)
             try:
                 rundir.create(path, account.uid, account.gid)
@@ -536,32 +543,55 @@ class UserInstance:
         return status.code in NO_RETRY_CODES or self.booster.backend.exit_before_ready_is_final(status.code)
 
     def _follow_output(self, fd: int, proc: InstanceProcess) -> None:
-        """Log the instance's stdout and stderr, a line at a time."""
+        """Log the instance's stdout and stderr a line at a time, within the
+        output limits (``booster.output``): a flood costs the log a bounded
+        number of lines, a summary of what was dropped, and the booster a
+        bounded amount of reading."""
         loop = asyncio.get_running_loop()
-        partial = bytearray()
+        config = self.config
+        limiter = OutputLimiter(config.output_rate, config.output_burst, config.output_line_limit)
         logger = self._log.bind(pid=proc.pid)
+        summary = None
+
+        def log_lines(lines) -> None:
+            for text, cut in lines:
+                proc.last_output.append(text[:200])
+                if cut:
+                    logger.info("instance output", line=text, cut=True)
+                else:
+                    logger.info("instance output", line=text)
+
+        def report_dropped() -> None:
+            nonlocal summary
+            summary = None
+            dropped = limiter.take_dropped()
+            if dropped:
+                logger.warning("instance output dropped", lines=dropped, output_rate=config.output_rate,
+                               output_burst=config.output_burst)
 
         def readable() -> None:
+            nonlocal summary
             try:
-                chunk = os.read(fd, 65536)
+                chunk = os.read(fd, READ_CHUNK)
             except BlockingIOError:
                 return
             except OSError:
                 chunk = b""
             if chunk:
-                partial.extend(chunk)
-                *lines, rest = partial.split(b"\n")
-                partial[:] = rest[-LOG_LINE_LIMIT:]
-                for line in lines:
-                    if line.strip():
-                        text = line[:LOG_LINE_LIMIT].decode(errors="replace")
-                        proc.last_output.append(text[:200])
-                        logger.info("instance output", line=text)
+                log_lines(limiter.feed(chunk, loop.time()))
+                if limiter.dropped and summary is None:
+                    summary = loop.call_later(DROPPED_REPORT_INTERVAL, report_dropped)
+                pause = limiter.read_pause(loop.time())
+                if pause > 0:
+                    loop.remove_reader(fd)
+                    loop.call_later(pause, loop.add_reader, fd, readable)
                 return
             loop.remove_reader(fd)
             os.close(fd)
-            if partial.strip():
-                logger.info("instance output", line=partial.decode(errors="replace"))
+            log_lines(limiter.finish())
+            if summary is not None:
+                summary.cancel()
+            report_dropped()
 
         loop.add_reader(fd, readable)
 

@@ -2,8 +2,8 @@
 service manager.
 
 ``prepare`` (as root, before the spawn) writes what the instance needs under
-the user's booster directory and returns a ``Launch``: the argv, the
-descriptors to pass, and how to wait for readiness.
+the user's booster directory, through ``booster.safefs``, and returns a
+``Launch``: the argv, the descriptors to pass, and how to wait for readiness.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import dataclasses
 import os
 import shutil
 
+from booster import safefs
 from booster.accounts import Account
 from common.config import Config
 
@@ -77,16 +78,24 @@ class Backend(abc.ABC):
 
 def resolve(command: str, config: Config, key: str) -> str:
     """An absolute path for ``command``: as given when absolute, else searched in
-    the booster's PATH and the instances' ``path``."""
+    the booster's PATH and the instances' ``path``.  It must be root's and on a
+    path only root may change: every user's instance runs it, so a user who
+    could replace it would run code in everyone else's."""
     if command.startswith("/"):
         if not os.access(command, os.X_OK):
             raise BackendError(f"config key {key!r}: {command} is not an executable file")
-        return command
-    search = os.pathsep.join(p for p in (os.environ.get("PATH", ""), config.path) if p)
-    found = shutil.which(command, path=search)
-    if found is None:
-        raise BackendError(f"config key {key!r}: {command!r} not found in {search}")
-    return os.path.abspath(found)
+        found = command
+    else:
+        search = os.pathsep.join(p for p in (os.environ.get("PATH", ""), config.path) if p)
+        found = shutil.which(command, path=search)
+        if found is None:
+            raise BackendError(f"config key {key!r}: {command!r} not found in {search}")
+        found = os.path.abspath(found)
+    try:
+        safefs.check_root_file(os.path.normpath(found))
+    except safefs.UnsafePath as exc:
+        raise BackendError(f"config key {key!r}: untrusted path: {exc}") from None
+    return found
 
 
 async def read_until(loop, fd: int, stop: bytes, limit: int, timeout: float) -> bytes | None:

@@ -6,6 +6,13 @@ users never write a ``boot`` of their own.  Readiness is two steps: dinit
 writes its control socket's path and a NUL to ``--ready-fd`` (the socket
 accepts commands), then the booster asks it to start ``boot`` and waits for
 STARTED (the autostart services are up).
+
+The generated directory is root's and written through descriptors
+(``booster.safefs``).  The control socket lives in a directory of the user's
+(the runtime directory, else the home), where the user could swap it for a
+symlink to some root-only socket: the booster connects only to the path it
+named itself, checked to be a socket of the user's, through an ``O_PATH``
+descriptor, so what it checked is what it talks to.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 
+from booster import safefs
 from booster.backends import dinit_control
 from booster.backends.base import Backend, InstanceSpec, Launch, StartError, read_until, resolve
 
@@ -34,11 +42,12 @@ def boot_service(spec: InstanceSpec) -> str:
 
 
 class DinitLaunch(Launch):
-    def __init__(self, argv, ready_r: int, ready_w: int) -> None:
+    def __init__(self, argv, ready_r: int, ready_w: int, control_socket: str, uid: int) -> None:
         self.argv = argv
         self.pass_fds = {READY_FD: ready_w}
         self._ready_r = ready_r
-        self.control_socket: str | None = None
+        self._uid = uid
+        self.control_socket = control_socket  # the --socket-path we gave
 
     def after_spawn(self) -> None:
         fd = self.pass_fds.pop(READY_FD, None)
@@ -50,11 +59,29 @@ class DinitLaunch(Launch):
         payload = await read_until(loop, self._ready_r, b"\0", READY_LIMIT, timeout)
         if payload is None:
             raise StartError("dinit closed its ready descriptor without signalling readiness")
-        self.control_socket = os.fsdecode(payload)
+        if os.fsdecode(payload) != self.control_socket:
+            raise StartError(f"dinit reports its control socket at {os.fsdecode(payload)!r}, "
+                             f"not at {self.control_socket!r} where it was told to listen")
+        sock_fd = self._open_control_socket()
         try:
-            await dinit_control.start_service(self.control_socket, "boot", timeout=max(0.0, deadline - loop.time()))
+            await dinit_control.start_service(safefs.proc_path(sock_fd), "boot",
+                                              timeout=max(0.0, deadline - loop.time()))
         except dinit_control.DinitControlError as exc:
             raise StartError(f"boot did not start: {exc}") from None
+        finally:
+            os.close(sock_fd)
+
+    def _open_control_socket(self) -> int:
+        """The control socket as an O_PATH descriptor, if it is a socket of the user's."""
+        parent, name = os.path.split(self.control_socket)
+        try:
+            dir_fd = safefs.open_dir(parent, trusted=False)
+            try:
+                return safefs.open_socket_at(dir_fd, name, self._uid)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise StartError(f"control socket {self.control_socket} refused: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         self.after_spawn()
@@ -79,22 +106,28 @@ class DinitBackend(Backend):
 
     def prepare(self, spec: InstanceSpec) -> Launch:
         gen = self.services_dir(spec)
-        os.makedirs(gen, mode=0o755, exist_ok=True)
-        tmp = os.path.join(gen, ".boot.tmp")
-        with open(tmp, "w") as fh:
-            fh.write(boot_service(spec))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, os.path.join(gen, "boot"))
+        user_fd = safefs.open_dir(spec.user_dir)
+        try:
+            gen_fd = safefs.ensure_dir_at(user_fd, os.path.basename(gen), 0o755)
+            try:
+                safefs.replace_file_at(gen_fd, "boot", boot_service(spec).encode(), 0o644)
+            finally:
+                os.close(gen_fd)
+        finally:
+            os.close(user_fd)
+        # Named explicitly even where it is dinit's default ($HOME/.dinitctl):
+        # the booster connects only to the socket it named.
+        control = os.path.join(spec.runtime_dir or spec.account.home,
+                               SOCKET_NAME if spec.runtime_dir else "." + SOCKET_NAME)
         argv = [self.command, "--user", "--ready-fd", str(READY_FD), "--services-dir", gen]
         for entry in spec.config.services_dirs:
             argv += ["--services-dir", spec.account.expand(entry)]
-        if spec.runtime_dir:
-            argv += ["--socket-path", os.path.join(spec.runtime_dir, SOCKET_NAME)]
+        argv += ["--socket-path", control]
         if spec.cgroup:
             argv += ["--cgroup-path", spec.cgroup]
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         os.set_blocking(ready_w, True)
-        return DinitLaunch(tuple(argv), ready_r, ready_w)
+        return DinitLaunch(tuple(argv), ready_r, ready_w, control, spec.account.uid)
 
     def exit_before_ready_is_final(self, code: int | None) -> bool:
         # dinit exits 0 on its own only when nothing is left to run: boot could

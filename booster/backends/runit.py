@@ -8,9 +8,12 @@ that directory is up (``sv start``, which honours ``check`` scripts), writes
 one line to a FIFO the booster reads, tells its own runsv not to restart it,
 and exits.
 
-The instance is ``/bin/sh`` running a short script as the user: it makes the
-service directory and the link (as the user, so nothing is written into a
-home directory with root's rights), then execs runsvdir.  Stopping is SIGHUP:
+Root writes only in root's directories: ``runit/``, ``booster-ready/`` and its
+``run`` are root's; the user owns just the leaves runit needs to write,
+``booster-ready/supervise/`` (runsv's state) and the FIFO.  The instance is
+``/bin/sh`` running a short script as the user: it makes the service
+directory and the link (as the user, so nothing is written into a home
+directory with root's rights), then execs runsvdir.  Stopping is SIGHUP:
 runsvdir then sends TERM to every runsv, and each stops its service.
 """
 
@@ -20,10 +23,12 @@ import os
 import shlex
 import signal
 
+from booster import safefs
 from booster.backends.base import Backend, InstanceSpec, Launch, StartError, read_until, resolve
 
 READY_SERVICE = "booster-ready"
 READY_LIMIT = 256
+FIFO_NAME = "ready.fifo"
 
 # Runs as the user; $1 service dir, $2 ready service, $3 runsvdir.
 LAUNCHER = """\
@@ -115,29 +120,27 @@ class RunitBackend(Backend):
         account = spec.account
         base = self._dir(spec)
         ready_dir = os.path.join(base, READY_SERVICE)
-        fifo = os.path.join(base, "ready.fifo")
+        fifo = os.path.join(base, FIFO_NAME)
         svdir = account.expand(spec.config.runit_service_dir)
-        # The user's runsv writes supervise/ inside the ready service: the user owns
-        # these directories; they sit in the booster's root-owned directory, so no
-        # path to them passes through anything the user controls.
-        for path in (base, ready_dir):
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            os.chown(path, account.uid, account.gid, follow_symlinks=False)
-        run = os.path.join(ready_dir, "run")
-        tmp = run + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(READY_RUN.format(
-                svdir=shlex.quote(svdir), ready=READY_SERVICE, sv=shlex.quote(self.sv),
-                timeout=max(1, int(spec.config.login_timeout)), fifo=shlex.quote(fifo)))
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, run)
+        run = READY_RUN.format(
+            svdir=shlex.quote(svdir), ready=READY_SERVICE, sv=shlex.quote(self.sv),
+            timeout=max(1, int(spec.config.login_timeout)), fifo=shlex.quote(fifo))
+        # Everything here is root's except supervise/, which the user's runsv
+        # writes, and the FIFO the ready script writes: no path root uses passes
+        # through anything the user could change.
+        opened: list[int] = []
         try:
-            os.unlink(fifo)
-        except FileNotFoundError:
-            pass
-        os.mkfifo(fifo, 0o600)
-        os.chown(fifo, account.uid, account.gid, follow_symlinks=False)
-        fifo_r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        fifo_w = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            user_fd = safefs.open_dir(spec.user_dir)
+            opened.append(user_fd)
+            base_fd = safefs.ensure_dir_at(user_fd, "runit", 0o755)
+            opened.append(base_fd)
+            ready_fd = safefs.ensure_dir_at(base_fd, READY_SERVICE, 0o755)
+            opened.append(ready_fd)
+            opened.append(safefs.ensure_dir_at(ready_fd, "supervise", 0o700, account.uid, account.gid))
+            safefs.replace_file_at(ready_fd, "run", run.encode(), 0o755)
+            fifo_r, fifo_w = safefs.make_fifo_at(base_fd, FIFO_NAME, account.uid, account.gid)
+        finally:
+            for fd in opened:
+                os.close(fd)
         argv = ("/bin/sh", "-c", LAUNCHER, "booster-runit", svdir, ready_dir, self.runsvdir)
         return RunitLaunch(argv, fifo_r, fifo_w)
