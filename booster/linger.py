@@ -5,10 +5,10 @@ sessions, across booster restarts, until ``booster linger disable USER``
 (systemd keeps the same setting the same way, in /var/lib/systemd/linger).
 The config's ``linger`` list adds users for whom it cannot be disabled.
 
-Root works in this directory, so it is reached the safe way: every component
-from ``/`` down is opened with ``O_NOFOLLOW`` and must be owned by root and
-not writable by group or others (a sticky parent like /tmp will do: nobody
-else can move what root made there); entries are made with ``O_CREAT|O_EXCL|
+Root works in this directory, so it is reached the safe way
+(``booster.safefs``): every component from ``/`` down is opened with
+``O_NOFOLLOW`` on a path no user can change, and the directory itself must be
+root's and writable by root only; entries are made with ``O_CREAT|O_EXCL|
 O_NOFOLLOW`` and removed with ``unlinkat``, relative to that descriptor.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import stat
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+from booster import safefs
 
 
 class LingerError(Exception):
@@ -35,33 +35,15 @@ class LingerStore:
     def _open(self, create: bool) -> int | None:
         """A descriptor of the directory, checked all the way down; None when it
         does not exist and ``create`` is false."""
-        fd = os.open("/", _DIR_FLAGS)
-        where = ""
         try:
-            parts = [part for part in self.path.split("/") if part]
-            _check(fd, "/", final=not parts)
-            for depth, name in enumerate(parts, 1):
-                where += "/" + name
-                try:
-                    nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        os.close(fd)
-                        return None
-                    try:
-                        os.mkdir(name, 0o755, dir_fd=fd)
-                    except FileExistsError:
-                        pass
-                    nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    raise LingerError(f"{where}: {exc.strerror} (a symlink or not a directory?)") from None
-                os.close(fd)
-                fd = nxt
-                _check(fd, where, final=depth == len(parts))
-            return fd
-        except BaseException:
+            fd = safefs.open_dir(self.path, create_mode=0o755 if create else None)
+        except FileNotFoundError:
+            return None
+        st = os.fstat(fd)
+        if not safefs.root_only(st):
             os.close(fd)
-            raise
+            raise safefs.UnsafePath(f"{self.path} is {safefs.why_unsafe(st)}")
+        return fd
 
     def names(self) -> set[str]:
         fd = self._open(create=False)
@@ -112,13 +94,3 @@ class LingerStore:
             return False
         finally:
             os.close(fd)
-
-
-def _check(fd: int, where: str, final: bool) -> None:
-    """Root's, and writable by nobody else; a sticky parent (``/tmp``) will do,
-    the directory itself must not be."""
-    st = os.fstat(fd)
-    if st.st_uid != 0:
-        raise LingerError(f"{where} is owned by uid {st.st_uid}, not root")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and (final or not st.st_mode & stat.S_ISVTX):
-        raise LingerError(f"{where} is writable by group or others")
