@@ -77,7 +77,8 @@ class Booster:
     async def startup(self) -> None:
         try:
             self.backend.check()
-        except Exception as exc:  # BackendError
+            self.pool.check()
+        except Exception as exc:  # BackendError, PoolError
             raise StartupError(str(exc)) from None
         os.makedirs(self.config.state_dir, mode=0o755, exist_ok=True)
         self._take_lock()
