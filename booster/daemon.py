@@ -64,7 +64,8 @@ class Booster:
         self._log = log.get("booster")
         self.loop = asyncio.get_running_loop()
         self.reaper = Reaper(self.loop)
-        self.pool = WarmPool(config.pool_size, self.reaper, self.loop, on_change=self.state_changed)
+        self.pool = WarmPool(config.pool_size, self.reaper, self.loop, on_change=self.state_changed,
+                             pam_service=config.instance_pam_service)
         self.leaders = None
         self.listener = Listener(self, config.socket)
 

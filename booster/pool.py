@@ -64,10 +64,11 @@ class WarmChild:
         return self._started
 
 
-def start_child(booster_pid: int, cgroup_base: str | None = None) -> WarmChild:
+def start_child(booster_pid: int, cgroup_base: str | None = None, pam_service: str = "") -> WarmChild:
     """Start a warm child that waits for one order on a private socket pair."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    argv = [sys.executable, "-I", "-S", "-c", LAUNCHER, PACKAGE_ROOT, str(booster_pid), cgroup_base or ""]
+    argv = [sys.executable, "-I", "-S", "-c", LAUNCHER, PACKAGE_ROOT, str(booster_pid), cgroup_base or "",
+            pam_service]
     try:
         pid = os.posix_spawn(sys.executable, argv, {}, file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), ORDER_FD)],
                              setsid=True, setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
@@ -80,8 +81,9 @@ def start_child(booster_pid: int, cgroup_base: str | None = None) -> WarmChild:
 
 
 class WarmPool:
-    def __init__(self, size: int, reaper: Reaper, loop, on_change=None) -> None:
+    def __init__(self, size: int, reaper: Reaper, loop, on_change=None, pam_service: str = "") -> None:
         self.size = size
+        self.pam_service = pam_service  # the instances' own PAM service ("" for none)
         self._on_change = on_change or (lambda: None)  # the set of warm children changed
         self.cgroups = None  # set by the booster once it knows its cgroup tree
         self._reaper = reaper
@@ -107,9 +109,16 @@ class WarmPool:
         """Raise PoolError (at startup) when no warm child could do its work."""
         if not sys.executable or not os.access(sys.executable, os.X_OK):
             raise PoolError(f"cannot start warm children: no interpreter at {sys.executable!r}")
+        if self.pam_service:
+            from booster import instance_pam
+
+            try:
+                instance_pam.check_stack(self.pam_service)
+            except instance_pam.PamError as exc:
+                raise PoolError(f"config key 'instance_pam_service': {exc}") from None
 
     def _start(self) -> WarmChild:
-        return start_child(os.getpid(), self.cgroups.base if self.cgroups else None)
+        return start_child(os.getpid(), self.cgroups.base if self.cgroups else None, self.pam_service)
 
     def fill(self) -> None:
         self._refill_handle = None

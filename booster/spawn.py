@@ -17,12 +17,14 @@ the booster is still the parent (it may have died before the signal was set),
 every other descriptor closed, the move into its own cgroup
 (``instance-<pid>`` below the booster's subtree: the migration waits for an
 RCU grace period, which is then neither on a login's path nor in the
-booster's event loop).  Then it waits for exactly one ``SpawnOrder``
+booster's event loop), and, with ``instance_pam_service``, libpam loaded
+(``booster.instance_pam``).  Then it waits for exactly one ``SpawnOrder``
 plus the descriptors it names (``SCM_RIGHTS``).  End-of-file instead of an
 order means the pool is shrinking: it exits 0.
 
 The order is carried out in one straight line (``become_instance``): signals
-reset, sane limits, descriptors installed, everything else closed, supplementary groups then gid then uid
+reset, sane limits, descriptors installed, [the instance's PAM session
+opened], everything else closed, supplementary groups then gid then uid
 dropped, the result verified, the parent-death signal set (a credential
 change clears it), cwd = home, exec.  The instance's pid is the warm child's,
 and its parent is the booster.
@@ -46,7 +48,7 @@ import resource
 # Reserved exit codes: the supervisor does not retry these, they will fail again.
 EXIT_PRIVILEGE = 201  # dropping privileges failed, or the check after it did
 EXIT_EXEC = 202       # the instance's program could not be executed
-EXIT_SETUP = 203      # anything else before exec (descriptors, limits)
+EXIT_SETUP = 203      # anything else before exec (descriptors, limits, the PAM session)
 NO_RETRY_CODES = {EXIT_PRIVILEGE: "privilege", EXIT_EXEC: "exec", EXIT_SETUP: "setup"}
 
 ORDER_FD = 3    # the order socket in a warm child
@@ -174,10 +176,10 @@ def set_process_name(name: bytes) -> None:
 # --- the warm child --------------------------------------------------------------------
 
 def warm_child_main(args: list[str]):
-    """The exec'd warm child: ``args`` are the booster's pid and the cgroup
-    subtree ("" without cgroups)."""
+    """The exec'd warm child: ``args`` are the booster's pid, the cgroup subtree
+    ("" without cgroups) and the instance PAM service ("" without)."""
     try:
-        booster_pid, cgroup_base = int(args[0]), args[1]
+        booster_pid, cgroup_base, pam_service = int(args[0]), args[1], args[2]
         set_parent_death_signal(_signal.SIGKILL)
         if posix.getppid() != booster_pid:
             posix._exit(0)  # the booster died before the signal was set
@@ -190,6 +192,13 @@ def warm_child_main(args: list[str]):
                 _join_cgroup(instance_cgroup(cgroup_base, posix.getpid()))
             except OSError as exc:
                 failure = ("setup", f"cannot join the instance's cgroup below {cgroup_base}: {exc.strerror}")
+        pam = None
+        if pam_service and failure is None:
+            from booster import instance_pam
+            try:
+                pam = instance_pam.PamSession(pam_service)
+            except instance_pam.PamError as exc:
+                failure = ("pam", str(exc))
         got = receive_order(sock)
         if got is None:
             posix._exit(0)  # the booster closed our socket: the pool is shrinking
@@ -197,7 +206,7 @@ def warm_child_main(args: list[str]):
         if failure is not None:
             report(ORDER_FD, *failure)
             posix._exit(EXIT_SETUP)
-        become_instance(order, fds, sock.detach())
+        become_instance(order, fds, sock.detach(), pam)
     except BaseException:  # noqa: BLE001 - whatever it is, this child must not linger
         posix._exit(EXIT_SETUP)
 
@@ -314,16 +323,26 @@ def report(sock_fd: int, kind: str, text: str) -> None:
         pass
 
 
-def become_instance(order: SpawnOrder, fds: list[int], order_fd: int):
-    """Turn this warm child into the user's instance.  Never returns."""
+def become_instance(order: SpawnOrder, fds: list[int], order_fd: int, pam=None):
+    """Turn this warm child into the user's instance.  Never returns.  ``pam``:
+    an ``instance_pam.PamSession`` to open for the instance first, or None."""
     try:
         reset_signals()
-        _sane_limits()
+        _sane_limits()  # before the PAM session, whose pam_limits and pam_umask come on top
         order_fd = _install_fds(order, fds, order_fd)
     except Exception as exc:  # noqa: BLE001 - anything here is a setup failure, reported
         report(order_fd, "setup", f"{type(exc).__name__}: {exc}")
         posix._exit(EXIT_SETUP)
+    if pam is not None:
+        try:
+            pam.open(order.user)
+            pam.hold(_instance_fds(order) | {order_fd})
+        except Exception as exc:  # noqa: BLE001 - PamError, or the closer's fork failing
+            report(order_fd, "pam", str(exc))
+            posix._exit(EXIT_SETUP)
     try:
+        if pam is not None:
+            reset_signals()  # again: a module may have left a disposition behind
         _close_others(order, order_fd)
     except Exception as exc:  # noqa: BLE001
         report(order_fd, "setup", f"{type(exc).__name__}: {exc}")
