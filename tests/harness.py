@@ -331,6 +331,22 @@ def refused_required_login(b: BoosterProc, user) -> str:
         shutil.rmtree(logdir, ignore_errors=True)
 
 
+def refused_open(b: BoosterProc, user):
+    """Open a session over the socket as the PAM side does (a bound session),
+    expect a refusal and return it (``invoker.client.Refused``)."""
+    from common import protocol as p
+    from invoker.client import Client, Refused
+
+    client = Client(b.socket, "test").connect()
+    try:
+        client.open_session(user.name, leader_pid=os.getpid(), flags=int(p.OpenFlags.KEEP_CONNECTION))
+    except Refused as refused:
+        return refused
+    finally:
+        client.close()
+    raise AssertionError(f"the session for {user.name} was opened, not refused")
+
+
 class SessionLeader:
     """A process of the caller's own that opens leader-bound sessions over the
     socket (as the invoker does under pam_exec, with itself as the leader: the

@@ -28,9 +28,8 @@ import psutil
 import pytest
 
 import pamkit
-from conftest import REPO, exec_service, instance_of, logged_in, refused_required_login, wait_gone
+from conftest import REPO, exec_service, instance_of, logged_in, refused_open, refused_required_login, wait_gone
 from common import protocol as p
-from invoker.client import Client, Refused
 
 LIMITS = {"nofile": (555, 666), "msgqueue": (424242, 424242)}
 LIMIT_NAMES = {"nofile": "Max open files", "msgqueue": "Max msgqueue size"}
@@ -105,16 +104,6 @@ def user_spawns(b, name: str) -> int:
     return len(re.findall(rf"instance spawned part=user user={re.escape(name)} ", b.log()))
 
 
-def open_refused(b, user) -> Refused:
-    client = Client(b.socket, "test").connect()
-    try:
-        with pytest.raises(Refused) as refused:
-            client.open_session(user.name, leader_pid=os.getpid(), flags=int(p.OpenFlags.KEEP_CONNECTION))
-    finally:
-        client.close()
-    return refused.value
-
-
 @pytest.mark.parametrize("cgroup", ["auto", "off"])
 def test_instance_runs_in_a_pam_session_of_its_own(booster_factory, backend, user, cgroup):
     with instance_service(user) as (svc, recorder):
@@ -146,7 +135,7 @@ def test_instance_runs_in_a_pam_session_of_its_own(booster_factory, backend, use
 def test_a_failing_pam_open_refuses_the_start_and_is_not_retried(booster_factory, backend, user):
     with instance_service(user, "session required pam_exec.so /bin/false") as (svc, recorder):
         b = booster_factory(backend, instance_pam_service=svc, restart_limit=5)
-        refused = open_refused(b, user)
+        refused = refused_open(b, user)
         assert refused.code == p.ErrorCode.START_FAILED, refused.text
         assert "pam step failed in the spawned child" in refused.text, refused.text
         assert f"pam_open_session for {user.name} in service '{svc}' failed" in refused.text, refused.text
@@ -216,7 +205,7 @@ def test_pam_python_added_later_refuses_that_start(booster_factory, backend, use
         b = booster_factory(backend, instance_pam_service=svc)
         with open(os.path.join(pamkit.PAM_DIR, svc), "a") as fh:
             fh.write(f"session optional {pamkit.PAM_PYTHON_SO} /nonexistent/module.py\n")
-        refused = open_refused(b, user)
+        refused = refused_open(b, user)
         assert refused.code == p.ErrorCode.START_FAILED and "loads pam_python" in refused.text, refused.text
         pamkit.wait_for(lambda: b.user(user.name) is None, 10, desc="the user given up")
         assert user_spawns(b, user.name) == 1, b.log()
@@ -228,7 +217,7 @@ def test_a_hanging_pam_open_is_bounded_by_login_timeout(booster_factory, backend
     hang = "/bin/sleep 987"  # a module that never returns; its process is found by this command line
     with instance_service(user, f"session required pam_exec.so {hang}") as (svc, recorder):
         b = booster_factory(backend, instance_pam_service=svc, login_timeout=2, restart_limit=0)
-        refused = open_refused(b, user)
+        refused = refused_open(b, user)
         assert refused.code == p.ErrorCode.TIMEOUT, refused.text
         assert "did not exec within login_timeout" in refused.text, refused.text
         pamkit.wait_for(lambda: b.user(user.name) is None, 15, desc="the user given up")
