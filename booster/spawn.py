@@ -23,11 +23,11 @@ plus the descriptors it names (``SCM_RIGHTS``).  End-of-file instead of an
 order means the pool is shrinking: it exits 0.
 
 The order is carried out in one straight line (``become_instance``): signals
-reset, sane limits, descriptors installed, [the instance's PAM session
-opened], everything else closed, supplementary groups then gid then uid
-dropped, the result verified, the parent-death signal set (a credential
-change clears it), cwd = home, exec.  The instance's pid is the warm child's,
-and its parent is the booster.
+reset, sane limits, descriptors installed, [the instance's PAM session opened
+(``booster.instance_pam``), signals reset again], everything else closed,
+supplementary groups then gid then uid dropped, the result verified, the
+parent-death signal set (a credential change clears it), cwd = home, exec.
+The instance's pid is the warm child's, and its parent is the booster.
 
 The child reports a failure before exec as one JSON line on the order socket,
 then exits with a reserved code; a successful exec closes the socket
@@ -207,7 +207,8 @@ def warm_child_main(args: list[str]):
             report(ORDER_FD, *failure)
             posix._exit(EXIT_SETUP)
         become_instance(order, fds, sock.detach(), pam)
-    except BaseException:  # noqa: BLE001 - whatever it is, this child must not linger
+    except BaseException as exc:  # noqa: BLE001 - whatever it is, this child must not linger
+        report(ORDER_FD, "setup", f"in the warm child: {type(exc).__name__}: {exc}")
         posix._exit(EXIT_SETUP)
 
 
