@@ -240,7 +240,8 @@ class PamSession:
                     except OSError:
                         pass
             _wait_for_exit(instance_pid)
-            _signal.alarm(CLOSE_TIMEOUT)  # default action: end this process
+            _signal.signal(_signal.SIGALRM, _signal.SIG_DFL)  # whatever a module made of it
+            _signal.alarm(CLOSE_TIMEOUT)  # the default action ends this process
             code = self._close()
         finally:
             posix._exit(code)
