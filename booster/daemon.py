@@ -19,23 +19,30 @@ import time
 import psutil
 
 from booster import log, rundir
-from booster.accounts import Account
+from booster.accounts import Account, UnknownUser, lookup
 from booster.backends.base import Backend
 from booster.backends.dinit import DinitBackend
 from booster.backends.runit import RunitBackend
 from booster.cgroups import CgroupTree
 from booster.leaders import make_watcher
+from booster.linger import LingerError, LingerStore
 from booster.peers import identify_leader, still_parent
 from booster.pool import WarmPool
 from booster.reaper import Reaper, start_time
 from booster.server import ClientConnection, Listener, Refused
-from booster.users import KILL_GRACE, Session, UserInstance
+from booster.users import KILL_GRACE, Session, UserInstance, UserState
 from common import protocol as p
 from common.config import Config
 
 # Seconds beyond stop_timeout for the whole shutdown: the KILL's grace, twice
 # (the instance, then what it left), and a second for the rest.
 SHUTDOWN_MARGIN = 2 * KILL_GRACE + 1.0
+# The state file is written this long after a change, once for all the changes
+# of that moment: a login makes several, and a rename on a busy disk costs
+# milliseconds that the login would otherwise wait for.  What it records is
+# for a successor after a crash; instances die with the booster anyway
+# (parent-death signal), and their cgroups are found without it.
+STATE_WRITE_DELAY = 0.05
 
 
 def make_backend(config: Config) -> Backend:
@@ -58,6 +65,7 @@ class Booster:
         self._stop = asyncio.Event()
         self._stop_signal: int | None = None
         self._state_pending = False
+        self._state_closed = False
         self._lock_fd: int | None = None
         self._ready_fd = ready_fd
         self.cgroups: CgroupTree | None = None
@@ -68,6 +76,9 @@ class Booster:
                              pam_service=config.instance_pam_service)
         self.leaders = None
         self.listener = Listener(self, config.socket)
+        self.started = start_time(os.getpid())
+        self.linger_store = LingerStore(config.linger_dir)
+        self.lingering: set[str] = set(config.linger)
 
     @property
     def state_path(self) -> str:
@@ -101,6 +112,23 @@ class Booster:
                        pool_size=self.config.pool_size, cgroup=self.cgroups.base if self.cgroups else "off",
                        leader_watch=self.leaders.kind)
         self._notify_ready()
+        self._start_lingering()
+
+    def _start_lingering(self) -> None:
+        """Lingering users' instances start with the booster (not waited for)."""
+        try:
+            self.lingering |= self.linger_store.names()
+        except (OSError, LingerError) as exc:
+            self._log.error("cannot read the linger settings; only the config's linger list applies",
+                            linger_dir=self.config.linger_dir, error=str(exc))
+        for name in sorted(self.lingering):
+            try:
+                account = lookup(name)
+            except UnknownUser as exc:
+                self._log.warning("lingering user unknown; skipped", user=name, reason=str(exc))
+                continue
+            self._log.info("starting a lingering user's instance", user=name)
+            self.user_of(account).begin()
 
     def _take_lock(self) -> None:
         path = os.path.join(self.config.state_dir, "booster.lock")
@@ -176,10 +204,12 @@ class Booster:
     def state_changed(self) -> None:
         if not self._state_pending:
             self._state_pending = True
-            self.loop.call_soon(self.write_state)
+            self.loop.call_later(STATE_WRITE_DELAY, self.write_state)
 
     def write_state(self) -> None:
         self._state_pending = False
+        if self._state_closed:
+            return  # shut down: the file is gone for good
         instances = []
         for user in self.users.values():
             proc = user.process
@@ -189,7 +219,7 @@ class Booster:
                 "rundir": user.managed_rundir,
             })
         warm = [{"pid": child.pid, "started": child.started} for child in self.pool.children()]
-        state = {"pid": os.getpid(), "started": start_time(os.getpid()), "backend": self.backend.name,
+        state = {"pid": os.getpid(), "started": self.started, "backend": self.backend.name,
                  "cgroup": self.cgroups.base if self.cgroups else None,
                  "instances": instances, "warm": warm}
         tmp = self.state_path + ".tmp"
@@ -243,13 +273,12 @@ class Booster:
                 session.watch.cancel()
                 raise Refused(p.ErrorCode.LEADER_UNKNOWN, "the session leader changed while it was identified")
         self._next_session += 1
-        if user is None:
-            user = self.users[account.uid] = UserInstance(
-                self, account, req.runtime_dir, bool(req.flags & p.OpenFlags.NO_RUNDIR))
+        user = self.user_of(account)
         session.user = user
         self.sessions[session.id] = session
         session.ready.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
         user.add_session(session)
+        user.begin(req.runtime_dir, bool(req.flags & p.OpenFlags.NO_RUNDIR))
         self._log.info("session opened", user=account.name, session=session.id, service=req.service,
                        tty=req.tty, rhost=req.rhost, leader=leader, bound=session.bound)
         return session
@@ -294,10 +323,76 @@ class Booster:
         self._log.info("session leader exited", session=session.id, leader=session.leader_pid)
         self.end_session(session, p.EndReason.LEADER_EXITED)
 
+    def user_of(self, account: Account) -> UserInstance:
+        """The user's record, made on first need."""
+        user = self.users.get(account.uid)
+        if user is None:
+            user = self.users[account.uid] = UserInstance(self, account)
+            user.linger = account.name in self.lingering
+        return user
+
     def user_gone(self, user: UserInstance) -> None:
-        if self.users.get(user.account.uid) is user:
+        """A lifecycle ended: forget the user, unless it failed (``booster status``
+        shows why until the next login)."""
+        if self.users.get(user.account.uid) is user and user.state is not UserState.FAILED:
             del self.users[user.account.uid]
         self.state_changed()
+
+    # --- requests about users ------------------------------------------------------------
+
+    def prewarm(self, account: Account) -> bool:
+        """Start ``account``'s instance ahead of a login; False when coalesced."""
+        if self._stop.is_set():
+            raise Refused(p.ErrorCode.SHUTTING_DOWN, "the booster is stopping")
+        user = self.user_of(account)
+        fresh = user.prewarm(self.config.prewarm_timeout)
+        user.begin()
+        self._log.info("pre-warm", user=account.name, started=fresh, state=user.state.value)
+        return fresh
+
+    async def terminate(self, account: Account) -> int:
+        """End every session of ``account`` and stop the instance; the number of
+        sessions ended, once the instance is gone."""
+        user = self.users.get(account.uid)
+        if user is None:
+            return 0
+        sessions = list(user.sessions.values())
+        self._log.info("terminating the user's sessions", user=account.name, sessions=len(sessions))
+        stopped = user.request_stop()
+        for session in sessions:
+            self.end_session(session, p.EndReason.TERMINATED)
+        await stopped
+        if self.users.get(account.uid) is user and user.state is UserState.FAILED and user.task is None:
+            del self.users[account.uid]  # terminate clears a failure record too
+            self.state_changed()
+        return len(sessions)
+
+    def set_linger(self, account: Account, enable: bool) -> tuple[bool, str]:
+        """Record linger for ``account`` (persistently); (changed, what it means)."""
+        name = account.name
+        if not enable and name in self.config.linger:
+            raise Refused(p.ErrorCode.NOT_PERMITTED,
+                          f"{name} lingers by the linger list of the config file; remove them there")
+        try:
+            changed = self.linger_store.enable(name) if enable else self.linger_store.disable(name)
+        except (OSError, LingerError) as exc:
+            raise Refused(p.ErrorCode.INTERNAL, f"cannot record linger in {self.config.linger_dir}: {exc}") from None
+        if enable:
+            self.lingering.add(name)
+        else:
+            self.lingering.discard(name)
+        user = self.users.get(account.uid)
+        if enable:
+            user = self.user_of(account)
+            user.set_linger(True)
+            if not self._stop.is_set():
+                user.begin()
+        elif user is not None:
+            user.set_linger(False)
+        self._log.info("linger " + ("enabled" if enable else "disabled"), user=name, changed=changed)
+        if enable:
+            return changed, f"{name} lingers: the instance runs without sessions, from the booster's start on"
+        return changed, f"{name} no longer lingers: the instance stops when no session remains"
 
     async def end_adopted(self, uid: int, timeout: float) -> None:
         """Without a cgroup: end the processes of ``uid`` that were re-parented to
@@ -374,6 +469,7 @@ class Booster:
             self.leaders.close()
         self.reaper.reap()
         self.reaper.stop()
+        self._state_closed = True
         try:
             os.unlink(self.state_path)
         except FileNotFoundError:
@@ -416,12 +512,17 @@ def _kill_tree(pid: int) -> list[int]:
     return [proc.pid for proc in procs]
 
 
-async def serve(config: Config, ready_fd: int | None = None) -> int:
+async def serve(config: Config, ready_fd: int | None = None, report_failure=None) -> int:
+    """Run until stopped.  ``report_failure(reason)`` is called if it cannot
+    start (``serve --daemon`` tells its waiting caller; a supervisor learns it
+    from the exit before readiness)."""
     booster = Booster(config, ready_fd)
     try:
         await booster.startup()
     except StartupError as exc:
         booster._log.error("cannot start", reason=str(exc))
+        if report_failure is not None:
+            report_failure(str(exc))
         booster.listener.close()
         booster._release_lock()
         return 1

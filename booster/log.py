@@ -1,12 +1,15 @@
 """The booster's structured logging: structlog to stderr or syslog.
 
 The target is chosen by ``common.logtarget`` (stderr on a terminal, syslog
-otherwise, stderr where there is no syslog).  Every event is one line of
-``key=value`` pairs, so it greps well in either place.
+otherwise, stderr where there is no syslog).  Every event is one line: with
+``log_format = "text"`` the level, the event and ``key=value`` pairs, so it
+greps well in either place; with ``"json"`` one JSON object holding
+``timestamp``, ``level``, ``event`` and the bound fields, for log shippers.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import syslog
@@ -59,16 +62,29 @@ def _render(_logger, method: str, event: dict) -> str:
     return f"{head} {fields}" if fields else head
 
 
-def setup(level: str = "info", target: str = "auto") -> str:
+def _render_json(_logger, method: str, event: dict) -> str:
+    # The level first, then the event, for a reader scanning raw lines; values
+    # JSON cannot carry (an exception object, a path) are written as text.
+    record = {"timestamp": event.pop("timestamp", None), "level": "warning" if method == "warn" else method,
+              "event": event.pop("event", "")}
+    record.update(event)
+    return json.dumps(record, default=str, ensure_ascii=False)
+
+
+def setup(level: str = "info", target: str = "auto", fmt: str = "text") -> str:
     """Configure structlog; returns the target actually used."""
     chosen = logtarget.choose(target)
     processors = [structlog.contextvars.merge_contextvars]
-    if chosen == "stderr":
+    if fmt == "json":
+        # Syslog stamps its lines too, but a shipper reads the object alone.
+        processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"))
+    elif chosen == "stderr":
         processors.append(structlog.processors.TimeStamper(fmt="%H:%M:%S.%f", key="t"))
+    if chosen == "stderr":
         factory = lambda *args: _StderrLogger(sys.stderr)  # noqa: E731
     else:
         factory = lambda *args: _SyslogLogger()  # noqa: E731
-    processors += [structlog.processors.format_exc_info, _render]
+    processors += [structlog.processors.format_exc_info, _render_json if fmt == "json" else _render]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

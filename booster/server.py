@@ -1,7 +1,8 @@
 """The booster's side of client connections: listen, accept, serve one request.
 
-A connection serves one request (open, close or status) after the handshake.
-Credentials come from ``SO_PEERCRED``; only root may open or close sessions.
+A connection serves one request (open, close, status, pre-warm, terminate or
+linger) after the handshake.  Credentials come from ``SO_PEERCRED``; only
+root may open or close sessions, pre-warm, terminate or set linger.
 A session opened with ``KEEP_CONNECTION`` stays bound to its connection: the
 connection's end-of-file ends it, and when the booster ends it the client
 gets ENDED.  Every exit path goes through one orderly disconnect.
@@ -223,6 +224,8 @@ class ClientConnection:
             await self._close(request)
         elif isinstance(request, p.StatusRequest):
             await self._status(request)
+        elif isinstance(request, (p.Prewarm, p.Terminate, p.Linger)):
+            await self._about_user(request)
 
     async def _open(self, req: p.OpenSession) -> None:
         if self.cred.uid != 0:
@@ -313,6 +316,28 @@ class ClientConnection:
         self._log.info("session closed", user=session.user.account.name, session=session.id)
         await self.send(p.Closed(session_id=session.id))
 
+    async def _about_user(self, req) -> None:
+        """PREWARM, TERMINATE and LINGER: root only, each answered with ACK."""
+        what = p.MessageType.name(req.TYPE)
+        if self.cred.uid != 0:
+            raise Refused(p.ErrorCode.NOT_PERMITTED, f"only root may send {what}")
+        try:
+            account = lookup(req.user)
+        except UnknownUser as exc:
+            raise Refused(p.ErrorCode.UNKNOWN_USER, str(exc)) from None
+        self._log = self._log.bind(user=account.name)
+        if isinstance(req, p.Prewarm):
+            started = self.booster.prewarm(account)
+            ack = p.Ack(int(started), "starting" if started else "already there")
+        elif isinstance(req, p.Terminate):
+            ended = await self.booster.terminate(account)
+            ack = p.Ack(ended, f"{ended} session(s) ended; instance stopped")
+        else:
+            changed, text = self.booster.set_linger(account, bool(req.enable))
+            ack = p.Ack(int(changed), text)
+        self._log.info(what.lower() + " done", value=ack.value)
+        await self.send(ack)
+
     async def _status(self, req: p.StatusRequest) -> None:
         users = self.booster.users.values()
         if self.cred.uid != 0:
@@ -331,7 +356,7 @@ class ClientConnection:
             await self.send(p.StatusEntry(
                 uid=user.account.uid, user=user.account.name, state=user.state.value,
                 pid=proc.pid if proc is not None and proc.alive else 0, sessions=len(user.sessions),
-                restarts=user.restarts, backend=self.booster.backend.name))
+                restarts=user.restarts, backend=self.booster.backend.name, **user.status_fields()))
             count += 1
         pool = len(self.booster.pool) if self.cred.uid == 0 else 0
         await self.send(p.StatusEnd(count=count, pool=pool))

@@ -1,15 +1,24 @@
 """Users, their sessions and their instances: the per-user lifecycle.
 
-Each user with sessions has one ``UserInstance``; its states and the legal
-moves between them are the table ``TRANSITIONS``::
+Each user the booster keeps an instance for has one ``UserInstance``; its
+states and the legal moves between them are the table ``TRANSITIONS``::
 
     GONE ─► STARTING ─► READY ◄──► IDLE (no sessions; stop_delay running)
-               ▲  │        │          │
-               └──┴────────┴──────────┴──► STOPPING ─► GONE
+             ▲  ▲  │        │          │
+             │  └──┴────────┴──────────┴──► STOPPING ─► GONE
+             │                                      └─► FAILED
+             └────────────────────────────────────────────┘
 
-STARTING ─► STARTING is a restart (the instance died, sessions remain).
-One task per user drives the lifecycle (``_run``); everything else only adds
-or removes sessions and wakes it.
+STARTING ─► STARTING is a restart (the instance died, and it is still
+wanted), after a delay that doubles with each restart in the window.  An
+instance is wanted while the user has sessions, while it lingers (``booster
+linger``), while a pre-warm waits for its session (``prewarm_timeout``), and
+for ``stop_delay`` after the last session (IDLE).  FAILED keeps, for
+``booster status``, why the instance failed for good; the next login or
+pre-warm starts a new lifecycle from there.
+
+One task per lifecycle drives it (``_run``); everything else only adds or
+removes sessions, changes what the instance is wanted for, and wakes it.
 """
 
 from __future__ import annotations
@@ -30,9 +39,9 @@ from booster.accounts import Account
 from booster.backends.base import InstanceSpec, Launch, StartError
 from booster.reaper import ExitStatus, start_time
 from booster.spawn import NO_RETRY_CODES, SpawnOrder, send_order
+from common import protocol as p
 from common.protocol import EndReason, ErrorCode
 
-RESTART_DELAY = 0.2   # seconds between a death and the restart: no spinning
 KILL_GRACE = 2.0      # seconds to wait for a SIGKILLed process to be reaped
 LOG_LINE_LIMIT = 2048
 
@@ -43,6 +52,7 @@ class UserState(enum.Enum):
     READY = "ready"
     IDLE = "idle"
     STOPPING = "stopping"
+    FAILED = "failed"
 
 
 TRANSITIONS: dict[UserState, frozenset[UserState]] = {
@@ -50,7 +60,8 @@ TRANSITIONS: dict[UserState, frozenset[UserState]] = {
     UserState.STARTING: frozenset({UserState.READY, UserState.STARTING, UserState.STOPPING}),
     UserState.READY: frozenset({UserState.IDLE, UserState.STARTING, UserState.STOPPING}),
     UserState.IDLE: frozenset({UserState.READY, UserState.STOPPING}),
-    UserState.STOPPING: frozenset({UserState.GONE}),
+    UserState.STOPPING: frozenset({UserState.GONE, UserState.FAILED}),
+    UserState.FAILED: frozenset({UserState.STARTING}),
 }
 
 
@@ -91,7 +102,7 @@ class InstanceProcess:
         self.cgroup = cgroup  # the cgroup it runs in (below the cgroup2 mount), if any
         self.exited: asyncio.Future[ExitStatus] = loop.create_future()
         self.started = time.monotonic()
-        self.create_time = start_time(pid)
+        self._create_time = None
         self.last_output: collections.deque[str] = collections.deque(maxlen=3)
 
     def died_before_ready(self, status: ExitStatus, detail: str = "") -> str:
@@ -101,6 +112,13 @@ class InstanceProcess:
         if self.last_output:
             text += "; its last output: " + " | ".join(self.last_output)
         return text
+
+    @property
+    def create_time(self) -> float | None:
+        """Its start time (psutil's), for the state file: read when first needed."""
+        if self._create_time is None and self.alive:
+            self._create_time = start_time(self.pid)
+        return self._create_time
 
     def on_exit(self, status: ExitStatus) -> None:
         if not self.exited.done():
@@ -112,7 +130,7 @@ class InstanceProcess:
 
 
 class UserInstance:
-    def __init__(self, booster, account: Account, runtime_dir_hint: str, no_rundir: bool) -> None:
+    def __init__(self, booster, account: Account) -> None:
         self.booster = booster
         self.config = booster.config
         self.account = account
@@ -123,12 +141,16 @@ class UserInstance:
         self._restart_times: collections.deque[float] = collections.deque()
         self._changed = asyncio.Event()
         self._shutdown = False
-        self._runtime_hint = runtime_dir_hint
-        self._no_rundir = no_rundir
+        self._stop_requested = False   # terminate: stop now, whatever else wants the instance
+        self._stopped: list[asyncio.Future] = []  # resolved after the next teardown
+        self.linger = False
+        self.prewarm_until: float | None = None  # loop time until which a pre-warm keeps it unclaimed
+        self.failure: StartFailed | None = None  # why it failed for good (state FAILED)
+        self._runtime_hint = ""
+        self._no_rundir = False
         self.runtime_dir: str | None = None
         self.managed_rundir: str | None = None
         self.user_dir = os.path.join(self.config.state_dir, "users", str(account.uid))
-        self.env: tuple[tuple[str, str], ...] = ()
         self.task: asyncio.Task | None = None
         self._log = log.get("user", user=account.name, uid=account.uid)
 
@@ -143,19 +165,59 @@ class UserInstance:
 
     # --- what the rest of the booster calls -------------------------------------------
 
+    def begin(self, runtime_dir_hint: str = "", no_rundir: bool = False) -> None:
+        """Make sure a lifecycle runs.  When none does (the user is new, gone or
+        failed), the caller's runtime-directory choice decides for the new one."""
+        if self.task is None:
+            if self.state is UserState.FAILED:
+                self._log.info("starting afresh after a failure", reason=self.failure.text if self.failure else "")
+            self.failure = None
+            self.restarts = 0
+            self._runtime_hint, self._no_rundir = runtime_dir_hint, no_rundir
+            self.task = asyncio.get_running_loop().create_task(self._run(), name=f"user-{self.account.name}")
+        self._changed.set()
+
     def add_session(self, session: Session) -> None:
         self.sessions[session.id] = session
+        if self.prewarm_until is not None:
+            self._log.info("pre-warmed instance claimed", session=session.id)
+            self.prewarm_until = None
         if self.state in (UserState.READY, UserState.IDLE):
             if self.state is UserState.IDLE:
                 self._set(UserState.READY)
-            session.ready.set_result(self.env)
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._run(), name=f"user-{self.account.name}")
+            session.ready.set_result(self.login_env())
         self._changed.set()
 
     def remove_session(self, session: Session) -> None:
         if self.sessions.pop(session.id, None) is not None:
             self._changed.set()
+
+    def prewarm(self, timeout: float) -> bool:
+        """A login is on its way: keep (or start) the instance for ``timeout``
+        seconds unclaimed.  False when an instance was there already (coalesced:
+        an unclaimed pre-warm is extended)."""
+        fresh = self.task is None
+        if fresh or not self.sessions:  # in use already: nothing to keep it for
+            self.prewarm_until = asyncio.get_running_loop().time() + timeout
+            self._changed.set()
+        return fresh
+
+    def set_linger(self, enabled: bool) -> None:
+        self.linger = enabled
+        self._changed.set()
+
+    def request_stop(self) -> asyncio.Future:
+        """Stop the instance now (``booster terminate``), even a lingering or
+        pre-warmed one; the future is done once it has stopped."""
+        done = asyncio.get_running_loop().create_future()
+        if self.task is None:
+            done.set_result(None)
+            return done
+        self._stop_requested = True
+        self.prewarm_until = None
+        self._stopped.append(done)
+        self._changed.set()
+        return done
 
     def shutdown(self) -> None:
         self._shutdown = True
@@ -164,11 +226,28 @@ class UserInstance:
     def waiting(self) -> list[Session]:
         return [s for s in self.sessions.values() if not s.ready.done()]
 
+    def wanted(self) -> bool:
+        """Should an instance run (stop_delay aside)?"""
+        if self._shutdown or self._stop_requested:
+            return False
+        return bool(self.sessions) or self.linger or self.prewarm_until is not None
+
     # --- the lifecycle -----------------------------------------------------------------
 
     async def _run(self) -> None:
         try:
-            while self.sessions and not self._shutdown:
+            while True:
+                if self.failure is not None:
+                    if not self.waiting():
+                        break  # FAILED until the next login
+                    # A login arrived while the failed instance was torn down: it starts afresh.
+                    self.failure, self.restarts = None, 0
+                if self._stop_requested:
+                    if not self.waiting():
+                        break  # terminated: even linger waits for the next login or booster start
+                    self._stop_requested = False  # a login that arrived meanwhile starts afresh
+                if not self.wanted():
+                    break
                 try:
                     await self._serve()
                 finally:
@@ -180,51 +259,66 @@ class UserInstance:
             self._end_sessions(EndReason.INSTANCE_FAILED, failure)
         finally:
             self.task = None
+            self._stop_requested = False
+            for done in self._stopped:
+                if not done.done():
+                    done.set_result(None)
+            self._stopped.clear()
             self.booster.user_gone(self)
 
     async def _serve(self) -> None:
-        """Start the instance, restarting it while it dies and sessions remain;
+        """Start the instance, restarting it while it dies and is still wanted;
         return when it should be stopped."""
         self._set(UserState.STARTING)
         self._restart_times.clear()
         try:
             self._prepare_user()
         except StartFailed as failure:
-            self._fail_waiting(failure)
-            self._end_sessions(EndReason.INSTANCE_FAILED, failure)
+            self._give_up(failure)
             return
         while True:
             try:
                 self.process = await self._start()
             except StartFailed as failure:
                 self._log.warning("instance did not start", reason=failure.text)
+                if failure.final:  # it would fail the same way again: FAILED says why
+                    self._give_up(failure)
+                    return
                 self._fail_waiting(failure)
-                if not self.sessions or self._shutdown:
+                if not self.wanted():
                     return
-                if failure.final or not self._may_restart():
-                    self._end_sessions(EndReason.INSTANCE_FAILED, failure)
+                if not self._may_restart():
+                    self._give_up(failure)
                     return
-                await asyncio.sleep(RESTART_DELAY)
+                if not await self._backoff():
+                    return
                 self._set(UserState.STARTING)
                 continue
             self._set(UserState.READY)
             for session in self.waiting():
-                session.ready.set_result(self.env)
+                session.ready.set_result(self.login_env())
             why = await self._watch_running()
             if why != "exited":
                 return
             status = self.process.exited.result()
             self._log.warning("instance died", pid=self.process.pid, status=str(status))
             await self._clear_instance()
-            if not self.sessions or self._shutdown:
+            if not self.wanted():
                 return
             if status.code in NO_RETRY_CODES or not self._may_restart():
-                self._end_sessions(EndReason.INSTANCE_FAILED,
-                                   StartFailed(f"instance {status}; not restarted", status=status))
+                self._give_up(StartFailed(f"instance {status}; not restarted", status=status))
                 return
-            await asyncio.sleep(RESTART_DELAY)
+            if not await self._backoff():
+                return
             self.restarts += 1
             self._set(UserState.STARTING)
+
+    def _give_up(self, failure: StartFailed) -> None:
+        """The instance failed for good: its sessions end, FAILED follows the teardown."""
+        self.failure = failure
+        self._fail_waiting(failure)
+        self._end_sessions(EndReason.INSTANCE_FAILED, failure)
+        self.prewarm_until = None
 
     def _may_restart(self) -> bool:
         now = time.monotonic()
@@ -237,23 +331,59 @@ class UserInstance:
         self._restart_times.append(now)
         return True
 
+    def restart_delay(self) -> float:
+        """restart_delay for the first restart in the window, doubling for each
+        one after it, at most restart_delay_max."""
+        earlier = max(0, len(self._restart_times) - 1)
+        return min(self.config.restart_delay * (2 ** min(earlier, 32)), self.config.restart_delay_max)
+
+    async def _backoff(self) -> bool:
+        """Wait the restart delay; False if meanwhile the instance stopped being
+        wanted (the booster stops, a terminate, the last session left)."""
+        loop = asyncio.get_running_loop()
+        delay = self.restart_delay()
+        self._log.info("restarting the instance", delay=delay, restarts_in_window=len(self._restart_times))
+        until = loop.time() + delay
+        while loop.time() < until:
+            if not self.wanted():
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), until - loop.time())
+            except asyncio.TimeoutError:
+                break
+        return self.wanted()
+
     async def _watch_running(self) -> str:
-        """Wait while the instance serves; "exited", "unused" or "shutdown"."""
+        """Wait while the instance serves; "exited", "unused" or "stop"."""
         loop = asyncio.get_running_loop()
         idle_until = None
         while True:
             if self.process.exited.done():
                 return "exited"
-            if self._shutdown:
-                return "shutdown"
-            timeout = None
-            if not self.sessions:
+            if self._shutdown or self._stop_requested:
+                return "stop"
+            now, timeout = loop.time(), None
+            if self.prewarm_until is not None:
+                if self.prewarm_until <= now:
+                    self._log.info("pre-warmed instance not claimed within prewarm_timeout",
+                                   prewarm_timeout=self.config.prewarm_timeout)
+                    self.prewarm_until = None
+                    self.booster.state_changed()
+                else:
+                    timeout = self.prewarm_until - now
+            if self.sessions or self.linger or self.prewarm_until is not None:
+                if self.state is UserState.IDLE:
+                    self._set(UserState.READY)
+                idle_until = None
+            else:
                 if self.state is UserState.READY:
                     if self.config.stop_delay <= 0:
                         return "unused"
                     self._set(UserState.IDLE)
-                    idle_until = loop.time() + self.config.stop_delay
-                timeout = idle_until - loop.time()
+                if idle_until is None:
+                    idle_until = now + self.config.stop_delay
+                timeout = idle_until - now
                 if timeout <= 0:
                     return "unused"
             self._changed.clear()
@@ -263,6 +393,19 @@ class UserInstance:
                                    return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiter.cancel()
+
+    def status_fields(self) -> dict:
+        """What ``STATUS_ENTRY`` says beyond the state: flags, and how a failed
+        instance last ended and why."""
+        flags = (p.StatusFlags.LINGER if self.linger else 0) | (
+            p.StatusFlags.PREWARMED if self.prewarm_until is not None else 0)
+        status = self.failure.status if self.failure is not None else None
+        return {
+            "flags": flags,
+            "exit_status": -1 if status is None or status.code is None else status.code,
+            "signal": 0 if status is None or status.signal is None else status.signal,
+            "detail": (self.failure.text if self.failure is not None else "")[:1024],
+        }
 
     # --- start ------------------------------------------------------------------------
 
@@ -299,8 +442,9 @@ class UserInstance:
             env.append(("XDG_RUNTIME_DIR", self.runtime_dir))
         return tuple(env)
 
-    def _login_env(self) -> tuple[tuple[str, str], ...]:
-        """What the login should export, decided at readiness."""
+    def login_env(self) -> tuple[tuple[str, str], ...]:
+        """What a login should export, as things are now: each session's open
+        asks again (a session bus that came up after the first login counts)."""
         env = []
         if self.managed_rundir:
             env.append(("XDG_RUNTIME_DIR", self.managed_rundir))
@@ -384,7 +528,6 @@ class UserInstance:
             await self._stop_and_clear()
             raise
         child.sock.close()
-        self.env = self._login_env()
         self._log.info("instance ready", pid=proc.pid, seconds=round(loop.time() - deadline
                                                                        + self.config.login_timeout, 4))
         return proc
@@ -492,8 +635,16 @@ class UserInstance:
             except Exception:  # noqa: BLE001
                 self._log.exception(f"removing the {what} failed")
         self.managed_rundir = None
-        self._set(UserState.GONE)
-        self._log.info("instance stopped")
+        if self.failure is not None:
+            self._set(UserState.FAILED)
+            self._log.error("instance failed for good; the next login starts it afresh", reason=self.failure.text)
+        else:
+            self._set(UserState.GONE)
+            self._log.info("instance stopped")
+        for done in self._stopped:
+            if not done.done():
+                done.set_result(None)
+        self._stopped.clear()
 
     # --- telling sessions -----------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """``invoker``: the PAM side's command.
 
 * ``invoker pam-lines`` prints the PAM lines for this installation: the
-  pam_exec line runs ``invoker/hook.py`` under ``python -I -S`` (the per-login
+  pam_exec line runs ``invoker/pam_exec.py`` under ``python -I -S`` (the per-login
   path; see ``invoker.hook``), the pam_python line ``invoker/pam_module.py``.
 * ``invoker open --user NAME`` holds a session from a terminal, for debugging.
 * ``invoker`` with no subcommand is the pam_exec hook too (older PAM lines
@@ -107,7 +107,7 @@ def pam_lines(socket: str, mode: str, prewarm: bool) -> str:
     package = os.path.dirname(os.path.abspath(hook.__file__))
     exec_args = "" if socket == DEFAULT_SOCKET else f" --socket {socket}"
     python_args = "" if socket == DEFAULT_SOCKET else f" socket={socket}"
-    exec_cmd = f"{sys.executable} -I -S {os.path.join(package, 'hook.py')}{exec_args}"
+    exec_cmd = f"{sys.executable} -I -S {os.path.join(package, 'pam_exec.py')}{exec_args}"
     module = f"{PAM_PYTHON_SO} {os.path.join(package, 'pam_module.py')}{python_args}"
     out = ["# dinit-booster PAM lines for this installation (printed by 'invoker pam-lines').",
            "# Add them after the other lines of their type in the PAM services whose logins",

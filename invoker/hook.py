@@ -1,11 +1,11 @@
 """The pam_exec hook, the per-login path of the pam_exec mode.
 
-PAM runs it as ``PYTHON -I -S /path/to/invoker/hook.py [options]`` (``invoker
-pam-lines`` prints the exact lines): ``-I -S`` skip ``site`` and the
-environment, so the interpreter starts at its floor, and this file puts its
-own package root on ``sys.path``.  It imports only built-in modules and the
-lean client, parses its few options by hand, and ends with ``_exit`` once
-its connection is closed in order (no interpreter teardown).
+PAM runs it as ``PYTHON -I -S /path/to/invoker/pam_exec.py [options]``
+(``invoker pam-lines`` prints the exact lines): ``-I -S`` skip ``site`` and
+the environment, so the interpreter starts at its floor.  It imports only
+built-in modules and the lean client, parses its few options by hand, and
+ends with ``_exit`` once its connection is closed in order (no interpreter
+teardown).
 
 What it does depends on ``PAM_TYPE``:
 
@@ -30,17 +30,14 @@ logged and the login goes on (exit 0).
 import posix
 import sys
 
-if __name__ == "__main__":  # run by path: make the package importable without site
-    sys.path.insert(0, __file__.rpartition("/")[0].rpartition("/")[0] or "/")
-
-from common import protocol as p  # noqa: E402
-from invoker.client import BoosterUnavailable, Client, ClientError, fit, wait_readable  # noqa: E402
+from common import protocol as p
+from invoker.client import BoosterUnavailable, Client, ClientError, fit, wait_readable
 
 DEFAULT_SOCKET = "/run/booster/control.sock"
 DEFAULT_TIMEOUT = 120.0
 DISCONNECT_TIMEOUT = 2.0
 PAM_ITEMS = ("PAM_TYPE", "PAM_USER", "PAM_SERVICE", "PAM_TTY", "PAM_RHOST", "PAM_RUSER")
-USAGE = ("usage: (from pam_exec.so) PYTHON -I -S .../invoker/hook.py [--socket PATH] [--timeout SECONDS] "
+USAGE = ("usage: (from pam_exec.so) PYTHON -I -S .../invoker/pam_exec.py [--socket PATH] [--timeout SECONDS] "
          "[--norundir] [--required]")
 
 
@@ -245,7 +242,3 @@ def main(argv=None) -> None:
     except (OSError, ValueError):
         pass
     posix._exit(code)
-
-
-if __name__ == "__main__":
-    main()

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -59,6 +60,7 @@ class BoosterProc:
             "state_dir": str(base / "state"),
             "backend": backend,
             "rundir_path": str(base / "run" / "%u"),
+            "linger_dir": str(base / "linger"),
             "log_level": "debug",
             "log_target": "stderr",
             "stop_timeout": 5,
@@ -165,6 +167,11 @@ class BoosterProc:
         return None
 
     def state_file(self) -> dict:
+        """The booster's state file, once what just changed has been written
+        (it writes booster.daemon.STATE_WRITE_DELAY after a change)."""
+        from booster.daemon import STATE_WRITE_DELAY
+
+        time.sleep(4 * STATE_WRITE_DELAY)
         return json.loads(Path(self.state_dir, "state.json").read_text())
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
@@ -232,6 +239,12 @@ def wait_gone(uid: int, timeout: float = 15.0) -> None:
     """Wait until no process of ``uid`` is left (zombies count as gone)."""
     pamkit.wait_for(lambda: not pamkit.procs_of_uid(uid, zombies=False), timeout,
                     desc=f"no process of uid {uid} left")
+
+
+def wait_failed(b: BoosterProc, name: str, timeout: float = 15.0) -> None:
+    """Wait until the booster shows ``name``'s instance as failed for good."""
+    pamkit.wait_for(lambda: (b.user(name) or {}).get("state") == "failed", timeout,
+                    desc=f"{name} failed for good")
 
 
 def new_booster(backend: str = "runit", start: bool = True, **overrides) -> BoosterProc:

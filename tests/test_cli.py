@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pamkit
-from conftest import BOOSTER, as_user, new_booster
+from conftest import BOOSTER, as_user
 
 
 def serve(config: Path, *extra: str, timeout: float = 20) -> subprocess.CompletedProcess:
@@ -57,35 +57,6 @@ def test_stale_socket_of_a_dead_booster_is_replaced(booster_factory):
     assert os.path.exists(b.socket)  # left behind
     b.start()
     assert b.status()["users"] == []
-
-
-def test_daemon_mode(tmp_path):
-    b = new_booster("runit", start=False, log_target="stderr")
-    pidfile = b.base / "booster.pid"
-    try:
-        with open(b.log_path, "ab") as log:
-            out = subprocess.run([BOOSTER, "serve", "--daemon", "--pidfile", str(pidfile), "--config",
-                                  str(b.config_path)], stdout=log, stderr=log, timeout=20)
-        assert out.returncode == 0  # the parent returns once detached
-        pid = pamkit.wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, desc="the pidfile")
-        pid = int(pid)
-        # Detached: another session than ours, and not our child (python-daemon forks
-        # twice, so that it never leads a session that could get a controlling terminal).
-        assert os.getsid(pid) != os.getsid(0) and os.getsid(pid) != pid
-        assert pamkit.proc_status(pid).num("PPid") != os.getpid()
-        pamkit.wait_for(lambda: os.path.exists(b.socket), 10, desc="the socket")
-        assert b.status()["users"] == []
-        os.kill(pid, signal.SIGTERM)
-        pamkit.wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 20, desc="the daemon gone")
-        assert not pidfile.exists() and not os.path.exists(b.socket)
-        assert "stopped" in b.log()  # stderr kept with log_target = "stderr"
-    finally:
-        if pidfile.exists():
-            try:
-                os.kill(int(pidfile.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        subprocess.run(["rm", "-rf", str(b.base)])
 
 
 def test_status_as_a_user_shows_only_their_own(booster_factory):
@@ -139,3 +110,153 @@ def test_sighup_is_logged_and_ignored(booster_factory):
     b.wait_log("SIGHUP ignored")
     time.sleep(0.2)
     assert b.proc.poll() is None and b.status()["users"] == []
+
+
+# --- the command line itself ------------------------------------------------------------
+
+
+def booster(*argv: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([BOOSTER, *argv], capture_output=True, text=True, timeout=30, **kwargs)
+
+
+def test_version():
+    from importlib import metadata
+
+    out = booster("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"booster (dinit-booster) {metadata.version('dinit-booster')}"
+
+
+def test_every_option_has_help_and_every_command_its_exit_codes():
+    import argparse
+
+    from booster.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) == {"serve", "status", "terminate", "linger", "config", "demo"}
+    for name, sub in [("booster", parser), *commands.items()]:
+        for action in sub._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help and action.help != argparse.SUPPRESS, f"{name} {action.dest} has no help"
+        shown = booster(*([] if name == "booster" else [name]), "--help")
+        assert shown.returncode == 0
+        assert "exit status:" in shown.stdout and "\n  0  " in shown.stdout, f"{name}: {shown.stdout}"
+    # The codes themselves, as every command uses them.
+    assert all(f"  {code}  " in booster("--help").stdout for code in (0, 1, 2, 3))
+
+
+def test_usage_errors_exit_2():
+    for argv in (["frobnicate"], ["terminate"], ["linger", "maybe", "root"], ["linger", "enable"],
+                 ["status", "--timeout", "soon"], ["serve", "--pidfile", "/tmp/x.pid"]):
+        out = booster(*argv)
+        assert out.returncode == 2, (argv, out.stderr)
+        assert out.stderr.startswith("usage: booster"), (argv, out.stderr)
+
+
+def test_root_only_commands_refuse_other_users_with_2():
+    with pamkit.temp_user() as u:
+        for argv in (["terminate", "root"], ["linger", "enable", u.name], ["serve"]):
+            out = booster(*argv, user=u.uid, group=u.gid, extra_groups=[], cwd="/")
+            assert out.returncode == 2, (argv, out.stdout, out.stderr)
+            assert f"booster: {argv[0]} must run as root" in out.stderr
+
+
+def in_mount_namespace(tmp_path: Path, overlays: dict[str, dict[str, str | None]], *argv: str):
+    """Run ``booster ARGV`` in a mount namespace of its own in which each
+    directory of ``overlays`` shows extra files (path → text; None hides the
+    path): the machine's /etc and /run stay untouched."""
+    script = []
+    for i, (target, files) in enumerate(overlays.items()):
+        upper, work = tmp_path / f"upper{i}", tmp_path / f"work{i}"
+        upper.mkdir(parents=True)
+        work.mkdir(parents=True)
+        for rel, text in files.items():
+            path = upper / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if text is None:
+                os.mknod(path, 0o600 | 0o020000, os.makedev(0, 0))  # an overlay whiteout
+            else:
+                path.write_text(text)
+        script.append(f"mount -t overlay overlay -o lowerdir={target},upperdir={upper},workdir={work} {target}")
+    script.append('exec "$@"')
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-ec", "\n".join(script), "sh",
+                           BOOSTER, *argv], capture_output=True, text=True, timeout=30)
+
+
+def test_control_commands_find_the_socket_as_the_booster_does(booster_factory, tmp_path):
+    b = booster_factory("runit")
+    # --config: its socket.
+    out = booster("status", "--json", "--config", str(b.config_path))
+    assert out.returncode == 0 and json.loads(out.stdout)["users"] == [], out.stderr
+    # --socket wins over --config.
+    out = booster("status", "--socket", str(tmp_path / "elsewhere.sock"), "--config", str(b.config_path))
+    assert out.returncode == 3 and f"booster: not running ({tmp_path / 'elsewhere.sock'}:" in out.stderr
+    dead = tmp_path / "dead.toml"
+    dead.write_text(f'socket = "{tmp_path / "dead.sock"}"\n')
+    for argv in (["status"], ["terminate", "root"], ["linger", "enable", "root"]):
+        out = booster(*argv, "--config", str(dead))
+        assert out.returncode == 3 and f"not running ({tmp_path / 'dead.sock'}:" in out.stderr, (argv, out.stderr)
+    # No option: the default config file's socket...
+    hide_run_booster = {"booster": None}  # whatever runs on this machine stays out of it
+    out = in_mount_namespace(tmp_path / "a", {"/etc": {"booster/booster.toml": f'socket = "{b.socket}"\n'},
+                                              "/run": hide_run_booster}, "status", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["users"] == [], out.stderr
+    # ...and without one, the embedded default.
+    for argv in (["status"], ["terminate", "root"], ["linger", "disable", "root"]):
+        out = in_mount_namespace(tmp_path / f"b{len(argv)}{argv[0]}", {"/etc": {"booster": None},
+                                                                        "/run": hide_run_booster}, *argv)
+        assert out.returncode == 3, (argv, out.stderr)
+        assert "not running (/run/booster/control.sock:" in out.stderr, (argv, out.stderr)
+    # A config that does not load is a config error, named.
+    bad = tmp_path / "bad.toml"
+    bad.write_text("socket = 1\n")
+    out = booster("status", "--config", str(bad))
+    assert out.returncode == 2 and f"{bad}: key 'socket': expected a string" in out.stderr
+
+
+def test_status_of_an_unknown_user_and_of_one_without_an_instance(booster_factory):
+    b = booster_factory("runit")
+    out = booster("status", "--socket", b.socket, "nosuchuser-bt")
+    assert out.returncode == 1 and out.stderr.strip() == "booster: no such user: nosuchuser-bt"
+    with pamkit.temp_user() as u:
+        out = booster("status", "--socket", b.socket, u.name)
+        assert out.returncode == 0 and out.stdout.strip() == f"{u.name}: no instance (no session, not lingering)"
+        out = booster("status", "--socket", b.socket, "--json", u.name)
+        assert out.returncode == 0 and json.loads(out.stdout)["users"] == []
+        # A user asking about a name that does not exist learns just that.
+        out = booster("status", "--socket", b.socket, "nosuchuser-bt", user=u.uid, group=u.gid, extra_groups=[],
+                      cwd="/")
+        assert out.returncode == 1 and "no such user: nosuchuser-bt" in out.stderr
+
+
+def test_log_format_json(booster_factory):
+    b = booster_factory("runit", log_format="json")
+    b.stop()
+    records = [json.loads(line) for line in b.log().splitlines()]
+    assert records and all({"timestamp", "level", "event"} <= set(r) for r in records)
+    serving = next(r for r in records if r["event"] == "serving")
+    assert serving["level"] == "info" and serving["part"] == "booster" and serving["socket"] == b.socket
+    assert serving["timestamp"].endswith("Z")  # ISO 8601, UTC
+    assert records[-1]["event"] == "stopped"
+
+
+def test_status_notes_flags_and_how_a_failed_instance_ended():
+    from booster.cli import _entry_json, _entry_note
+    from common import protocol as p
+
+    def entry(**fields):
+        return p.StatusEntry(uid=1000, user="u", state=fields.pop("state", "ready"), pid=0, sessions=0, restarts=3,
+                             backend="dinit", **fields)
+
+    assert _entry_note(entry()) == ""
+    both = entry(flags=p.StatusFlags.LINGER | p.StatusFlags.PREWARMED)
+    assert _entry_note(both) == "linger, prewarmed"
+    assert _entry_json(both)["linger"] is True and _entry_json(both)["prewarmed"] is True
+    exited = entry(state="failed", exit_status=1, detail="died 4 times within restart_window")
+    assert _entry_note(exited) == "exit status 1, died 4 times within restart_window"
+    assert _entry_json(exited)["exit_status"] == 1 and _entry_json(exited)["signal"] is None
+    killed = entry(state="failed", signal=9, detail="killed")
+    assert _entry_note(killed) == "killed by SIGKILL, killed"
+    assert _entry_json(killed)["exit_status"] is None and _entry_json(killed)["signal"] == 9

@@ -28,7 +28,9 @@ import psutil
 import pytest
 
 import pamkit
-from conftest import REPO, exec_service, instance_of, logged_in, refused_open, refused_required_login, wait_gone
+from conftest import (
+    REPO, exec_service, instance_of, logged_in, refused_open, refused_required_login, wait_failed, wait_gone,
+)
 from common import protocol as p
 
 LIMITS = {"nofile": (555, 666), "msgqueue": (424242, 424242)}
@@ -139,7 +141,8 @@ def test_a_failing_pam_open_refuses_the_start_and_is_not_retried(booster_factory
         assert refused.code == p.ErrorCode.START_FAILED, refused.text
         assert "pam step failed in the spawned child" in refused.text, refused.text
         assert f"pam_open_session for {user.name} in service '{svc}' failed" in refused.text, refused.text
-        pamkit.wait_for(lambda: b.user(user.name) is None, 10, desc="the user given up")
+        wait_failed(b, user.name, 10)  # failed for good, with the reason
+        assert "pam_open_session" in b.user(user.name)["detail"], b.user(user.name)
         log = b.log()
         assert re.search(r"instance did not start .*pam_open_session", log), log
         assert user_spawns(b, user.name) == 1, log
@@ -207,7 +210,7 @@ def test_pam_python_added_later_refuses_that_start(booster_factory, backend, use
             fh.write(f"session optional {pamkit.PAM_PYTHON_SO} /nonexistent/module.py\n")
         refused = refused_open(b, user)
         assert refused.code == p.ErrorCode.START_FAILED and "loads pam_python" in refused.text, refused.text
-        pamkit.wait_for(lambda: b.user(user.name) is None, 10, desc="the user given up")
+        wait_failed(b, user.name, 10)
         assert user_spawns(b, user.name) == 1, b.log()
         assert recorder.records() == []  # libpam was never asked to load that stack
         wait_gone(user.uid)

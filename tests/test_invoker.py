@@ -17,16 +17,16 @@ import pytest
 import pamkit
 from conftest import INVOKER, PAM_MODULE, PYTHON
 
-HOOK = str(Path(PAM_MODULE).with_name("hook.py"))
+HOOK = str(Path(PAM_MODULE).with_name("pam_exec.py"))
 # What the per-login path may import beyond what `python -I -S` has loaded:
 # built-in modules and the lean client.  (`os` and `socket` alone cost ~10 ms.)
 LEAN = {"select", "_socket", "_struct", "struct", "errno", "common", "common.protocol", "common.disconnect",
-        "invoker", "invoker.client"}
+        "invoker", "invoker.client", "invoker.hook"}
 
 
 def hook(socket: str, pam_type: str, user: str, *args: str, importtime: bool = False, script: bool = False,
          **pam_env: str):
-    """Run the hook as the PAM line does (``python -I -S hook.py``), or the
+    """Run the hook as the PAM line does (``python -I -S pam_exec.py``), or the
     ``invoker`` script older lines name (``script=True``)."""
     env = {"PAM_TYPE": pam_type, "PAM_USER": user, "PAM_SERVICE": "test", **pam_env}
     argv = [INVOKER] if script else [PYTHON, "-I", "-S", HOOK]
@@ -61,7 +61,7 @@ def test_success_path_imports_only_builtins_and_the_lean_client(booster_factory)
 
 
 def test_the_invoker_script_is_a_hook_too(booster_factory):
-    """PAM lines written before hook.py name the console script: it still works."""
+    """PAM lines written before pam_exec.py name the console script: it still works."""
     b = booster_factory("runit")
     with pamkit.temp_user() as u:
         assert hook(b.socket, "open_session", u.name, script=True).returncode == 0

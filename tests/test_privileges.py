@@ -20,7 +20,7 @@ import pytest
 
 import pamkit
 from conftest import (
-    BOOSTER, install_autostart, instance_of, logged_in, refused_open, refused_required_login, wait_gone,
+    BOOSTER, install_autostart, instance_of, logged_in, refused_open, refused_required_login, wait_failed, wait_gone,
 )
 from common import protocol as p
 
@@ -210,7 +210,7 @@ def test_failed_privilege_check_fails_the_login_and_is_not_retried(booster_facto
     assert refused.code == p.ErrorCode.START_FAILED, text
     assert "privilege step failed" in text and "capabilities left after the uid change" in text, text
     # The lifecycle is over once the user is gone: no later spawn can come.
-    pamkit.wait_for(lambda: b.user(user.name) is None, 10, desc="the user given up")
+    wait_failed(b, user.name, 10)
     log = b.log()
     assert "privilege step failed in the spawned child" in log, log
     assert user_spawns(b, user.name) == 1, log
@@ -227,6 +227,6 @@ def test_failed_privilege_check_through_a_pam_login(booster_factory, backend, us
     start_wrapped(b, NO_SETUID_FIXUP)
     output = refused_required_login(b, user)
     assert "open_session failed" in output and "privilege step failed" in output, output
-    pamkit.wait_for(lambda: b.user(user.name) is None, 10, desc="the user given up")
+    wait_failed(b, user.name, 10)
     assert user_spawns(b, user.name) == 1, b.log()
     wait_gone(user.uid)

@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 import pamkit
-from conftest import install_autostart, instance_of, wait_gone
+from conftest import install_autostart, instance_of, wait_failed, wait_gone
 from test_namespaces import (  # noqa: F401 - fixtures
     assert_exited_cleanly, invokers_below, log_lines, ns_kit, open_interactive, pam_log_service, placed_factory,
     popen_group, proc_exits, read,
@@ -281,5 +281,5 @@ def test_interactive_invoker_exits_with_the_failed_instance_status(backend, user
         assert rc == expected, (rc, read(err), b.log())  # > 0: the invoker was not killed itself
         assert log_lines(read(err), "the user's instance failed for good", text), read(err)
     assert "restart limit reached" in b.log()
-    pamkit.wait_for(lambda: b.user(user.name) is None, 10, desc="the user gone from the booster")
+    wait_failed(b, user.name, 10)
     wait_gone(user.uid)

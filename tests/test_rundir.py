@@ -21,7 +21,7 @@ import tempfile
 import pytest
 
 import pamkit
-from conftest import instance_of, logged_in, refused_required_login, wait_gone
+from conftest import instance_of, logged_in, refused_required_login, wait_failed, wait_gone
 from common import protocol as p
 from invoker.client import Client, Refused
 
@@ -94,7 +94,7 @@ def refused_login(b, user) -> Refused:
             client.open_session(user.name, leader_pid=os.getpid(), flags=int(p.OpenFlags.KEEP_CONNECTION))
     finally:
         client.close()
-    pamkit.wait_for(lambda: b.user(user.name) is None, 10, desc="the user given up")
+    wait_failed(b, user.name, 10)
     return refused.value
 
 
@@ -213,7 +213,7 @@ def test_rundir_symlink_to_etc_is_refused_through_a_pam_login(booster_factory, b
         before = shallow_snapshot("/etc")
         output = refused_required_login(b, user)
         assert "runtime directory refused" in output and path in output, output
-        pamkit.wait_for(lambda: b.user(user.name) is None, 10, desc="the user given up")
+        wait_failed(b, user.name, 10)
         # /etc: same owner and mode, every entry still there as it was, and
         # the same mtime; the symlink itself is still there.
         after = shallow_snapshot("/etc")

@@ -14,7 +14,9 @@ import time
 import pytest
 
 import pamkit
-from conftest import INVOKER, SessionLeader, as_user, exec_service, install_autostart, instance_of, wait_gone
+from conftest import (
+    INVOKER, SessionLeader, as_user, exec_service, install_autostart, instance_of, wait_failed, wait_gone,
+)
 from common import protocol as p
 from invoker.client import Client, Refused
 
@@ -157,7 +159,7 @@ def test_crash_loop_is_bounded(booster_factory, backend, user):
             killed.add(pid)
             os.kill(pid, signal.SIGKILL)
         # Third death: over the limit; the user's sessions are ended, nothing restarts.
-        pamkit.wait_for(lambda: b.user(user.name) is None, 15, desc="the user given up")
+        wait_failed(b, user.name, 15)
         b.wait_log("restart limit reached")
         wait_gone(user.uid)
         held.close(check=False)

@@ -10,8 +10,8 @@ import pytest
 
 from booster.users import TRANSITIONS, UserInstance, UserState
 
-GONE, STARTING, READY, IDLE, STOPPING = (UserState.GONE, UserState.STARTING, UserState.READY,
-                                         UserState.IDLE, UserState.STOPPING)
+GONE, STARTING, READY, IDLE, STOPPING, FAILED = (UserState.GONE, UserState.STARTING, UserState.READY,
+                                                 UserState.IDLE, UserState.STOPPING, UserState.FAILED)
 
 
 def sources_of(target: UserState) -> set[UserState]:
@@ -29,18 +29,24 @@ def test_the_table_is_immutable():
     assert all(isinstance(nexts, frozenset) for nexts in TRANSITIONS.values())
 
 
-def test_gone_is_reached_only_by_stopping():
+def test_gone_and_failed_are_reached_only_by_stopping():
     assert sources_of(GONE) == {STOPPING}
-    assert TRANSITIONS[STOPPING] == {GONE}
+    assert sources_of(FAILED) == {STOPPING}
+    assert TRANSITIONS[STOPPING] == {GONE, FAILED}
+
+
+def test_failed_leads_only_to_a_fresh_start():
+    assert TRANSITIONS[FAILED] == {STARTING}
 
 
 def test_gone_leads_only_to_starting():
     assert TRANSITIONS[GONE] == {STARTING}
 
 
-def test_starting_is_reached_from_gone_ready_and_starting():
-    # STARTING -> STARTING is a restart; READY -> STARTING is the instance dying in use.
-    assert sources_of(STARTING) == {GONE, READY, STARTING}
+def test_starting_is_reached_from_gone_ready_starting_and_failed():
+    # STARTING -> STARTING is a restart; READY -> STARTING is the instance dying in use;
+    # FAILED -> STARTING is the next login after a failure for good.
+    assert sources_of(STARTING) == {GONE, READY, STARTING, FAILED}
 
 
 def test_ready_is_reached_only_from_starting_and_idle():
@@ -55,7 +61,8 @@ def test_idle_is_reached_only_from_ready():
 def test_every_live_state_can_be_stopped():
     for state in (STARTING, READY, IDLE):
         assert STOPPING in TRANSITIONS[state]
-    assert STOPPING not in TRANSITIONS[GONE] and STOPPING not in TRANSITIONS[STOPPING]
+    for state in (GONE, STOPPING, FAILED):
+        assert STOPPING not in TRANSITIONS[state]
 
 
 def test_only_starting_loops_on_itself():

@@ -1,0 +1,108 @@
+"""The work of the pam_python hooks (``invoker/pam_module.py`` is the file the
+PAM line names; it keeps only what must live per PAM handle, and this module,
+imported from the package, is byte-compiled once instead of compiled from
+source by every login).
+
+Runs inside the PAM application under the system Python, standard library
+and ``common`` only.  Unless ``required`` is given, a failure is logged and
+the login goes on; a pre-warm never decides a login.
+"""
+
+import os
+
+from common import protocol as p
+from invoker import client as client_mod
+
+DEFAULT_SOCKET = "/run/booster/control.sock"
+DISCONNECT_TIMEOUT = 2.0
+
+
+def _log():
+    """The log, imported only when there is something to say."""
+    from invoker.log import Log
+
+    return Log()
+
+
+def options(argv) -> dict:
+    opts = {"socket": DEFAULT_SOCKET, "norundir": False, "timeout": 120.0, "required": False}
+    for arg in argv[1:]:  # argv[0] is the module's path
+        key, sep, value = arg.partition("=")
+        if key == "socket" and sep:
+            opts["socket"] = value
+        elif key == "timeout" and sep:
+            opts["timeout"] = float(value)
+        elif key in ("norundir", "required") and not sep:
+            opts[key] = True
+        else:
+            raise ValueError(f"unknown argument {arg!r}")
+    return opts
+
+
+def open_session(pamh, argv, state: dict) -> int:
+    """Open the session and keep its connection in ``state`` (the handle's)."""
+    try:
+        opts = options(argv)
+    except ValueError as exc:
+        _log().error("bad PAM line", reason=str(exc))
+        return pamh.PAM_SESSION_ERR
+    failed = pamh.PAM_SESSION_ERR if opts["required"] else pamh.PAM_SUCCESS
+    user = pamh.user
+    if not user:
+        _log().error("no PAM user")
+        return failed
+    earlier = pamh.env.get("XDG_RUNTIME_DIR") or ""
+    open_flags = p.OpenFlags.KEEP_CONNECTION
+    if opts["norundir"]:
+        open_flags |= p.OpenFlags.NO_RUNDIR
+    client = client_mod.Client(opts["socket"], "invoker/pam_python")
+    try:
+        client.connect()
+        session_id, env = client.open_session(
+            user, service=pamh.service or "", tty=pamh.tty or "", rhost=pamh.rhost or "",
+            ruser=pamh.ruser or "", leader_pid=os.getpid(), flags=open_flags,
+            runtime_dir=earlier, timeout=opts["timeout"])
+    except client_mod.BoosterUnavailable as exc:
+        _log().warning("booster not running; continuing without a user instance", user=user, reason=str(exc))
+        return failed
+    except client_mod.ClientError as exc:
+        _log().error("open_session failed", user=user, reason=str(exc))
+        client.close()
+        return failed
+    for key, value in env:
+        if key == "XDG_RUNTIME_DIR" and earlier:
+            continue  # an earlier module's choice stands
+        pamh.env[key] = value
+    state["session"] = (client, session_id)
+    return pamh.PAM_SUCCESS
+
+
+def acct_mgmt(pamh, argv) -> int:
+    """Pre-warm: the user is about to log in.  Never refuses the account."""
+    user = pamh.user
+    try:
+        opts = options(argv)
+    except ValueError as exc:
+        _log().error("bad PAM line", reason=str(exc))
+        return pamh.PAM_SUCCESS
+    if not user:
+        return pamh.PAM_SUCCESS
+    client = client_mod.Client(opts["socket"], "invoker/pam_python account")
+    try:
+        client.connect()
+        client.ask(p.Prewarm, user)
+        client.disconnect(DISCONNECT_TIMEOUT)
+    except client_mod.BoosterUnavailable as exc:
+        _log().warning("booster not running; no pre-warm", user=user, reason=str(exc))
+    except client_mod.ClientError as exc:
+        _log().warning("pre-warm failed", user=user, reason=str(exc))
+        client.close()
+    return pamh.PAM_SUCCESS
+
+
+def close_session(pamh, state: dict) -> int:
+    """An orderly disconnect: the booster ends the session at our end-of-file."""
+    session = state.pop("session", None)
+    if session is not None:
+        session[0].disconnect(DISCONNECT_TIMEOUT)
+    return pamh.PAM_SUCCESS
