@@ -21,7 +21,7 @@ import os
 import select
 import signal
 
-from booster import log
+from booster import log, spawn
 
 
 def _unified_mount() -> str | None:
@@ -178,12 +178,5 @@ class CgroupTree:
 
 
 def instance_path(base: str, pid: int) -> str:
-    return os.path.join(base, f"instance-{pid}")
-
-
-def join_own(base: str) -> None:
-    """In a warm child: make ``instance-<pid>`` and move this process into it."""
-    path = instance_path(base, os.getpid())
-    os.mkdir(path, 0o755)
-    with open(os.path.join(path, "cgroup.procs"), "w") as fh:
-        fh.write("0")
+    # The warm child names and joins it itself (booster.spawn, which imports nothing of ours).
+    return spawn.instance_cgroup(base, pid)

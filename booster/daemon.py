@@ -86,7 +86,8 @@ class Booster:
         self.loop = asyncio.get_running_loop()
         self.accounts = AccountLookups(self.loop)
         self.reaper = Reaper(self.loop)
-        self.pool = WarmPool(config.pool_size, self.reaper, self.loop, on_change=self.state_changed)
+        self.pool = WarmPool(config.pool_size, self.reaper, self.loop, on_change=self.state_changed,
+                             pam_service=config.instance_pam_service)
         self.leaders = None
         self.listener = Listener(self, config.socket)
         self.started = start_time(os.getpid())
@@ -103,7 +104,8 @@ class Booster:
         self._check_trust_anchors()
         try:
             self.backend.check()
-        except Exception as exc:  # BackendError
+            self.pool.check()
+        except Exception as exc:  # BackendError, PoolError
             raise StartupError(str(exc)) from None
         self._raise_open_files_limit()
         self._take_lock()

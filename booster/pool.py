@@ -1,33 +1,54 @@
-"""The warm pool: children forked ahead of time, each waiting for one spawn order.
+"""The warm pool: children started ahead of time, each waiting for one spawn order.
 
-``take`` hands out a warm child at once (or forks one when the pool is empty
+``take`` hands out a warm child at once (or starts one when the pool is empty
 or ``pool_size`` is 0) and refills the pool in the background.  A warm child
 that dies is replaced.  Warm children die with the booster (``PDEATHSIG``):
 they never outlive it.
+
+A warm child is not a fork of the booster but the booster's own interpreter
+started afresh on ``booster.spawn`` (``python -I -S``, built-in modules only),
+with ``posix_spawn``: the booster's pages are never copied or shared, so a
+warm child costs what the interpreter needs at start-up, and starting one
+costs the booster's event loop a vfork, not a fork of its whole address space.
+It is still the booster's child: the booster reaps it, and its pid becomes the
+instance's pid.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import gc
 import os
 import signal
 import socket
+import sys
 import time
-from typing import NoReturn
 
+import booster
 from booster import cgroups, log
 from booster.reaper import ExitStatus, Reaper, start_time
-from booster.spawn import EXIT_SETUP, become_instance, receive_order, report, reset_signals, set_parent_death_signal
+from booster.spawn import ORDER_FD
 
 _DEATHS_WINDOW = 10.0  # seconds; more than 3 * pool_size deaths in it pauses refilling
 _REFILL_PAUSE = 5.0
-REFILL_DELAY = 0.05    # seconds after a take: the fork waits until the login has gone by
+REFILL_DELAY = 0.05    # seconds after a take: the spawn waits until the login has gone by
+
+# The warm child's program: the package root goes last on sys.path, so that
+# nothing there can stand in for a standard module.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(booster.__file__)))
+LAUNCHER = "import sys; sys.path.append(sys.argv[1]); from booster.spawn import warm_child_main; " \
+           "warm_child_main(sys.argv[2:])"
+# Dispositions the booster may have set to "ignore" (Python ignores SIGPIPE and
+# SIGXFSZ) survive exec; caught ones are reset by exec itself.
+_DEFAULT_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
+
+
+class PoolError(Exception):
+    """The pool cannot start warm children here (found at startup)."""
 
 
 class WarmChild:
-    """A forked child waiting for its order; ``sock`` is the booster's end;
+    """A warm child waiting for its order; ``sock`` is the booster's end;
     ``cgroup`` the cgroup it moves itself into (None without cgroups)."""
 
     __slots__ = ("pid", "sock", "cgroup", "_started")
@@ -43,50 +64,26 @@ class WarmChild:
         return self._started
 
 
-def fork_child(booster_pid: int, cgroup_base: str | None = None) -> WarmChild:
-    """Fork a child that waits for one order on a private socket pair."""
+def start_child(booster_pid: int, cgroup_base: str | None = None, pam_service: str = "") -> WarmChild:
+    """Start a warm child that waits for one order on a private socket pair."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = os.fork()
-    if pid == 0:
+    argv = [sys.executable, "-I", "-S", "-c", LAUNCHER, PACKAGE_ROOT, str(booster_pid), cgroup_base or "",
+            pam_service]
+    try:
+        pid = os.posix_spawn(sys.executable, argv, {}, file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), ORDER_FD)],
+                             setsid=True, setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
+    except BaseException:
         ours.close()
-        _warm_child_main(theirs, booster_pid, cgroup_base)
-    theirs.close()
+        raise
+    finally:
+        theirs.close()
     return WarmChild(pid, ours, cgroups.instance_path(cgroup_base, pid) if cgroup_base else None)
 
 
-def _warm_child_main(sock: socket.socket, booster_pid: int, cgroup_base: str | None) -> NoReturn:
-    try:
-        # Objects inherited from the booster must never be finalized here: a
-        # collected socket would close a descriptor number we reuse below.
-        gc.disable()
-        set_parent_death_signal(signal.SIGKILL)
-        if os.getppid() != booster_pid:
-            os._exit(0)
-        reset_signals()
-        fd = sock.fileno()
-        os.closerange(3, fd)
-        os.closerange(fd + 1, 1 << 20)
-        joined = None
-        if cgroup_base is not None:
-            try:
-                cgroups.join_own(cgroup_base)
-            except OSError as exc:
-                joined = f"cannot join the instance's cgroup below {cgroup_base}: {exc.strerror}"
-        got = receive_order(sock)
-        if got is None:
-            os._exit(0)  # the booster closed our socket: the pool is shrinking
-        order, fds = got
-        if joined is not None:
-            report(sock.fileno(), "setup", joined)
-            os._exit(EXIT_SETUP)
-        become_instance(order, fds, sock.detach())
-    except BaseException:  # noqa: BLE001 - nothing may unwind into the booster's frames
-        os._exit(EXIT_SETUP)
-
-
 class WarmPool:
-    def __init__(self, size: int, reaper: Reaper, loop, on_change=None) -> None:
+    def __init__(self, size: int, reaper: Reaper, loop, on_change=None, pam_service: str = "") -> None:
         self.size = size
+        self.pam_service = pam_service  # the instances' own PAM service ("" for none)
         self._on_change = on_change or (lambda: None)  # the set of warm children changed
         self.cgroups = None  # set by the booster once it knows its cgroup tree
         self._reaper = reaper
@@ -98,7 +95,6 @@ class WarmPool:
         self._closed = False
         self._dismissed: dict[int, "asyncio.Future"] = {}
         self._log = log.get("pool")
-        self.forked = 0
 
     def pids(self) -> list[int]:
         return [child.pid for child in self._ready]
@@ -109,10 +105,20 @@ class WarmPool:
     def __len__(self) -> int:
         return len(self._ready)
 
-    def _fork(self) -> WarmChild:
-        child = fork_child(os.getpid(), self.cgroups.base if self.cgroups else None)
-        self.forked += 1
-        return child
+    def check(self) -> None:
+        """Raise PoolError (at startup) when no warm child could do its work."""
+        if not sys.executable or not os.access(sys.executable, os.X_OK):
+            raise PoolError(f"cannot start warm children: no interpreter at {sys.executable!r}")
+        if self.pam_service:
+            from booster import instance_pam
+
+            try:
+                instance_pam.check_stack(self.pam_service)
+            except instance_pam.PamError as exc:
+                raise PoolError(f"config key 'instance_pam_service': {exc}") from None
+
+    def _start(self) -> WarmChild:
+        return start_child(os.getpid(), self.cgroups.base if self.cgroups else None, self.pam_service)
 
     def fill(self) -> None:
         self._refill_handle = None
@@ -122,13 +128,13 @@ class WarmPool:
         if now < self._paused_until:
             self._schedule_refill(self._paused_until - now)
             return
-        forked = False
+        added = False
         while len(self._ready) < self.size:
-            child = self._fork()
+            child = self._start()
             self._reaper.watch(child.pid, lambda status, c=child: self._on_exit(c, status))
             self._ready.append(child)
-            forked = True
-        if forked:
+            added = True
+        if added:
             self._on_change()
 
     def _schedule_refill(self, delay: float = 0.0) -> None:
@@ -136,13 +142,13 @@ class WarmPool:
             self._refill_handle = self._loop.call_later(delay, self.fill)
 
     def take(self) -> WarmChild:
-        """A child ready for an order: a warm one when there is one, else a fresh fork.
+        """A child ready for an order: a warm one when there is one, else a fresh one.
         The caller owns it from now on (and must ``reaper.watch`` its pid)."""
         if self._ready:
             child = self._ready.popleft()
             self._on_change()
         else:
-            child = self._fork()
+            child = self._start()
         self._schedule_refill(REFILL_DELAY)
         return child
 

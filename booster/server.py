@@ -320,6 +320,11 @@ class ClientConnection:
             if self.session is not None and not self.session.ended and self.session.bound:
                 self.booster.end_session(self.session, None)
             self._reader.cancel()
+            # Its pending sock_recv keeps a reader registered for the socket's fd until
+            # the task has run: closing the socket first would leave that registration
+            # for the next descriptor with the same number (a pidfd, say), which then
+            # never reaches epoll.
+            await asyncio.gather(self._reader, return_exceptions=True)
             await disconnect_async(self.sock, self.disconnect_timeout, self.loop)
             self.booster.connection_done(self)
 

@@ -1,11 +1,33 @@
-"""The spawn order and what a forked child does with it.
+"""The spawn order, and the warm child: the lean program that carries it out.
 
-A warm child (``booster.pool``) is a fork of the booster that waits on a
-private SOCK_SEQPACKET socket for exactly one ``SpawnOrder`` plus the
-descriptors it names (``SCM_RIGHTS``).  Everything here after ``fork`` runs in
-the child and is one straight line: new session, signals reset, sane limits,
-descriptors arranged, groups then gid then uid dropped, the result verified,
-parent-death signal set, cwd = home, exec.
+A warm child is a program of its own, not a fork of the booster.  The booster
+starts it with ``posix_spawn`` (``booster.pool``) as ``PYTHON -I -S -c
+LAUNCHER``, in a session of its own, with a private SOCK_SEQPACKET socket at
+descriptor 3.  It imports only what this module imports: modules built into
+the interpreter (``posix``, ``_signal``, ``marshal``), ``_socket``, ``fcntl``,
+``resource`` and ``_ctypes`` (for one call, ``prctl``), never ``os``,
+``signal``, ``socket`` or ``ctypes``, whose imports pull in ``enum`` and
+friends.  So its memory is the interpreter's floor: the interpreter's text is
+shared with the booster and every other warm child, and what is its own is
+what the interpreter allocates at start-up.  The booster imports this module
+too, for the order's format, the reserved exit codes and ``prctl``.
+
+Warm-up (``warm_child_main``): the parent-death signal (SIGKILL), a check that
+the booster is still the parent (it may have died before the signal was set),
+every other descriptor closed, the move into its own cgroup
+(``instance-<pid>`` below the booster's subtree: the migration waits for an
+RCU grace period, which is then neither on a login's path nor in the
+booster's event loop), and, with ``instance_pam_service``, libpam loaded
+(``booster.instance_pam``).  Then it waits for exactly one ``SpawnOrder``
+plus the descriptors it names (``SCM_RIGHTS``).  End-of-file instead of an
+order means the pool is shrinking: it exits 0.
+
+The order is carried out in one straight line (``become_instance``): signals
+reset, sane limits, descriptors installed, [the instance's PAM session opened
+(``booster.instance_pam``), signals reset again], everything else closed,
+supplementary groups then gid then uid dropped, the result verified, the
+parent-death signal set (a credential change clears it), cwd = home, exec.
+The instance's pid is the warm child's, and its parent is the booster.
 
 The child reports a failure before exec as one JSON line on the order socket,
 then exits with a reserved code; a successful exec closes the socket
@@ -14,157 +36,252 @@ then exits with a reserved code; a successful exec closes the socket
 
 from __future__ import annotations
 
-import ctypes
-import dataclasses
+import marshal
+import posix
+
+import _ctypes
+import _signal
+import _socket
 import fcntl
-import json
-import os
 import resource
-import signal
-import socket
-from typing import NoReturn
 
 # Reserved exit codes: the supervisor does not retry these, they will fail again.
 EXIT_PRIVILEGE = 201  # dropping privileges failed, or the check after it did
 EXIT_EXEC = 202       # the instance's program could not be executed
-EXIT_SETUP = 203      # anything else before exec (descriptors, session, limits)
+EXIT_SETUP = 203      # anything else before exec (descriptors, limits, the PAM session)
 NO_RETRY_CODES = {EXIT_PRIVILEGE: "privilege", EXIT_EXEC: "exec", EXIT_SETUP: "setup"}
 
+ORDER_FD = 3    # the order socket in a warm child
 MAX_ORDER = 65536
 MAX_FDS = 4
 OPEN_FILES_SOFT = 1024  # the conventional soft limit; select() breaks above it
-_PR_SET_PDEATHSIG = 1
 _HIGH_FD = 64  # passed descriptors are moved up here before being put in place
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+_C_INT_SIZE = 4  # SCM_RIGHTS carries C ints
 
 
 class PrivilegeError(Exception):
     pass
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class SpawnOrder:
     """What to become.  ``fd_targets[i]`` lists the descriptor numbers the i-th
     passed descriptor is installed at; fd 0 is always /dev/null."""
 
-    user: str
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    home: str
-    argv: tuple[str, ...]
-    env: tuple[tuple[str, str], ...]
-    fd_targets: tuple[tuple[int, ...], ...]
-    death_signal: int
-    booster_pid: int
+    __slots__ = ("user", "uid", "gid", "groups", "home", "argv", "env", "fd_targets", "death_signal",
+                 "booster_pid")
+
+    def __init__(self, *, user: str, uid: int, gid: int, groups, home: str, argv, env, fd_targets,
+                 death_signal: int, booster_pid: int) -> None:
+        self.user, self.uid, self.gid, self.home = user, uid, gid, home
+        self.groups = tuple(groups)
+        self.argv = tuple(argv)
+        self.env = tuple((k, v) for k, v in env)
+        self.fd_targets = tuple(tuple(t) for t in fd_targets)
+        self.death_signal = int(death_signal)  # signal.Signals is an IntEnum, which marshal refuses
+        self.booster_pid = booster_pid
 
     def to_bytes(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self)).encode()
+        # marshal: built into the interpreter, and both ends run the same one.
+        return marshal.dumps(tuple(getattr(self, name) for name in self.__slots__))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "SpawnOrder":
-        data = json.loads(raw)
-        return cls(
-            user=data["user"], uid=data["uid"], gid=data["gid"], groups=tuple(data["groups"]),
-            home=data["home"], argv=tuple(data["argv"]),
-            env=tuple((k, v) for k, v in data["env"]),
-            fd_targets=tuple(tuple(t) for t in data["fd_targets"]),
-            death_signal=data["death_signal"], booster_pid=data["booster_pid"],
-        )
+        values = marshal.loads(raw)
+        if not isinstance(values, tuple) or len(values) != len(cls.__slots__):
+            raise ValueError("malformed spawn order")
+        return cls(**dict(zip(cls.__slots__, values)))
 
 
-def send_order(sock: socket.socket, order: SpawnOrder, fds: list[int]) -> None:
+def send_order(sock, order: SpawnOrder, fds: list[int]) -> None:
     assert len(fds) == len(order.fd_targets) <= MAX_FDS
-    sock.sendmsg([order.to_bytes()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(memoryview(
-        (ctypes.c_int * len(fds))(*fds)).cast("B")))] if fds else [])
+    ancillary = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _ints_to_bytes(fds))] if fds else []
+    sock.sendmsg([order.to_bytes()], ancillary)
 
 
-def receive_order(sock: socket.socket) -> tuple[SpawnOrder, list[int]] | None:
+def receive_order(sock) -> tuple[SpawnOrder, list[int]] | None:
     """Block until an order arrives; None when the booster closed the socket."""
-    fd_size = socket.CMSG_SPACE(MAX_FDS * ctypes.sizeof(ctypes.c_int))
-    data, ancdata, _flags, _addr = sock.recvmsg(MAX_ORDER, fd_size)
+    data, ancdata, flags, _addr = sock.recvmsg(MAX_ORDER, _socket.CMSG_SPACE(MAX_FDS * _C_INT_SIZE))
     fds: list[int] = []
     for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            count = len(payload) // ctypes.sizeof(ctypes.c_int)
-            fds.extend((ctypes.c_int * count).from_buffer_copy(payload[:count * ctypes.sizeof(ctypes.c_int)]))
-    if not data:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds.extend(memoryview(payload[:len(payload) - len(payload) % _C_INT_SIZE]).cast("i"))
+    if not data or flags & (_socket.MSG_TRUNC | _socket.MSG_CTRUNC):
         for fd in fds:
-            os.close(fd)
+            posix.close(fd)
+        if data:
+            raise ValueError("spawn order truncated")
         return None
     return SpawnOrder.from_bytes(data), fds
 
 
-# --- the child side ----------------------------------------------------------------
+def _ints_to_bytes(values: list[int]) -> bytes:
+    view = memoryview(bytearray(len(values) * _C_INT_SIZE)).cast("i")
+    for i, value in enumerate(values):
+        view[i] = value
+    return view.tobytes()
 
-_libc = None
+
+def instance_cgroup(base: str, pid: int) -> str:
+    """The cgroup of the warm child (later the instance) ``pid``."""
+    return f"{base}/instance-{pid}"
 
 
-def _prctl(option: int, arg: int) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+# --- prctl, through _ctypes alone ----------------------------------------------------
+# ``ctypes`` itself costs about 0.4 MB and 4 ms in every warm child; one libc call
+# needs only its C core.
+
+class _CInt(_ctypes._SimpleCData):
+    _type_ = "i"
+
+
+class _CULong(_ctypes._SimpleCData):
+    _type_ = "L"
+
+
+class _LibcCall(_ctypes.CFuncPtr):
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = _CInt
+
+
+class _Libc:
+    _handle = None
+
+
+_prctl_call = None
+
+
+def _prctl(option: int, arg) -> None:
+    """prctl(option, arg, 0, 0, 0); ``arg`` an int, or bytes for a string."""
+    global _prctl_call
+    if _prctl_call is None:
+        _Libc._handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
+        _prctl_call = _LibcCall(("prctl", _Libc))
+    value = arg if isinstance(arg, bytes) else _CULong(arg)
+    if _prctl_call(option, value, _CULong(0), _CULong(0), _CULong(0)) != 0:
+        err = _ctypes.get_errno()
+        raise OSError(err, posix.strerror(err))
 
 
 def set_parent_death_signal(sig: int) -> None:
     _prctl(_PR_SET_PDEATHSIG, sig)
 
 
+def set_process_name(name: bytes) -> None:
+    """What ps and top show (15 bytes at most); exec replaces it."""
+    _prctl(_PR_SET_NAME, name)
+
+
+# --- the warm child --------------------------------------------------------------------
+
+def warm_child_main(args: list[str]):
+    """The exec'd warm child: ``args`` are the booster's pid, the cgroup subtree
+    ("" without cgroups) and the instance PAM service ("" without)."""
+    try:
+        booster_pid, cgroup_base, pam_service = int(args[0]), args[1], args[2]
+        set_parent_death_signal(_signal.SIGKILL)
+        if posix.getppid() != booster_pid:
+            posix._exit(0)  # the booster died before the signal was set
+        set_process_name(b"booster-warm")
+        posix.closerange(ORDER_FD + 1, 1 << 20)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, ORDER_FD)
+        failure = None
+        if cgroup_base:
+            try:
+                _join_cgroup(instance_cgroup(cgroup_base, posix.getpid()))
+            except OSError as exc:
+                failure = ("setup", f"cannot join the instance's cgroup below {cgroup_base}: {exc.strerror}")
+        pam = None
+        if pam_service and failure is None:
+            from booster import instance_pam
+            try:
+                pam = instance_pam.PamSession(pam_service)
+            except instance_pam.PamError as exc:
+                failure = ("pam", str(exc))
+        got = receive_order(sock)
+        if got is None:
+            posix._exit(0)  # the booster closed our socket: the pool is shrinking
+        order, fds = got
+        if failure is not None:
+            report(ORDER_FD, *failure)
+            posix._exit(EXIT_SETUP)
+        become_instance(order, fds, sock.detach(), pam)
+    except BaseException as exc:  # noqa: BLE001 - whatever it is, this child must not linger
+        report(ORDER_FD, "setup", f"in the warm child: {type(exc).__name__}: {exc}")
+        posix._exit(EXIT_SETUP)
+
+
+def _join_cgroup(path: str) -> None:
+    posix.mkdir(path, 0o755)
+    with open(path + "/cgroup.procs", "w") as fh:
+        fh.write("0")
+
+
+# --- carrying out the order ------------------------------------------------------------
+
 def reset_signals() -> None:
     """Default dispositions everywhere and an empty mask.  SIGPIPE matters most:
     Python ignores it, and an ignored disposition survives exec."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals())
     try:
-        signal.set_wakeup_fd(-1)
+        _signal.set_wakeup_fd(-1)
     except ValueError:
         pass
-    for sig in signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
+    for sig in _signal.valid_signals():
+        if sig in (_signal.SIGKILL, _signal.SIGSTOP):
             continue
         try:
-            signal.signal(sig, signal.SIG_DFL)
+            _signal.signal(sig, _signal.SIG_DFL)
         except (OSError, ValueError):
             pass  # signals Python cannot touch (32, 33: used by the C library)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
 
 
 def _sane_limits() -> None:
-    os.setpriority(os.PRIO_PROCESS, 0, 0)
-    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    posix.setpriority(posix.PRIO_PROCESS, 0, 0)
+    posix.sched_setscheduler(0, posix.SCHED_OTHER, posix.sched_param(0))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = OPEN_FILES_SOFT if hard == resource.RLIM_INFINITY else min(OPEN_FILES_SOFT, hard)
     if soft != wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    os.umask(0o022)
+    posix.umask(0o022)
 
 
-def _arrange_fds(order: SpawnOrder, fds: list[int], keep: int) -> int:
-    """Install the passed descriptors at their targets, /dev/null at 0, close
-    everything else except ``keep`` (the order socket, close-on-exec).  Returns
-    the new number of ``keep``."""
+def _install_fds(order: SpawnOrder, fds: list[int], keep: int) -> int:
+    """Install the passed descriptors at their targets, /dev/null at 0 and in
+    the gaps below the highest target.  ``keep`` (the order socket) is moved
+    up, close-on-exec; returns its new number."""
     keep = _dup_high(keep)
     high = [_dup_high(fd) for fd in fds]
-    null = _dup_high(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
-    os.dup2(null, 0)
+    null = _dup_high(posix.open("/dev/null", posix.O_RDWR | posix.O_CLOEXEC))
+    posix.dup2(null, 0)
     for fd, targets in zip(high, order.fd_targets):
         for target in targets:
-            os.dup2(fd, target)  # dup2 clears close-on-exec on the target
-    used = {0} | {t for targets in order.fd_targets for t in targets}
-    top = max(used) + 1
-    for fd in range(1, top):
+            posix.dup2(fd, target)  # dup2 clears close-on-exec on the target
+    used = _instance_fds(order)
+    for fd in range(1, max(used) + 1):
         if fd not in used:
-            os.dup2(null, fd)  # nothing the instance was not given: point gaps at /dev/null
-    os.set_inheritable(keep, False)
-    os.closerange(top, keep)
-    os.closerange(keep + 1, 1 << 20)
+            posix.dup2(null, fd)  # nothing the instance was not given: point gaps at /dev/null
+    for fd in high + [null]:
+        posix.close(fd)
     return keep
+
+
+def _instance_fds(order: SpawnOrder) -> set[int]:
+    return {0} | {t for targets in order.fd_targets for t in targets}
+
+
+def _close_others(order: SpawnOrder, keep: int) -> None:
+    """Close every descriptor but the instance's and ``keep`` (close-on-exec)."""
+    top = max(_instance_fds(order)) + 1
+    posix.closerange(top, keep)
+    posix.closerange(keep + 1, 1 << 20)
 
 
 def _dup_high(fd: int) -> int:
     new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
-    os.close(fd)
+    posix.close(fd)
     return new
 
 
@@ -181,15 +298,15 @@ def capabilities() -> dict[str, int]:
 
 def drop_privileges(order: SpawnOrder) -> None:
     """Supplementary groups, then gid, then uid; then check that all of it held."""
-    os.setgroups(list(order.groups))
-    os.setresgid(order.gid, order.gid, order.gid)
-    os.setresuid(order.uid, order.uid, order.uid)
-    if os.getresuid() != (order.uid,) * 3:
-        raise PrivilegeError(f"getresuid() is {os.getresuid()}, expected {(order.uid,) * 3}")
-    if os.getresgid() != (order.gid,) * 3:
-        raise PrivilegeError(f"getresgid() is {os.getresgid()}, expected {(order.gid,) * 3}")
-    if set(os.getgroups()) != set(order.groups):
-        raise PrivilegeError(f"getgroups() is {sorted(os.getgroups())}, expected {sorted(order.groups)}")
+    posix.setgroups(list(order.groups))
+    posix.setresgid(order.gid, order.gid, order.gid)
+    posix.setresuid(order.uid, order.uid, order.uid)
+    if posix.getresuid() != (order.uid,) * 3:
+        raise PrivilegeError(f"getresuid() is {posix.getresuid()}, expected {(order.uid,) * 3}")
+    if posix.getresgid() != (order.gid,) * 3:
+        raise PrivilegeError(f"getresgid() is {posix.getresgid()}, expected {(order.gid,) * 3}")
+    if set(posix.getgroups()) != set(order.groups):
+        raise PrivilegeError(f"getgroups() is {sorted(posix.getgroups())}, expected {sorted(order.groups)}")
     left = {k: v for k, v in capabilities().items() if k in ("CapInh", "CapPrm", "CapEff", "CapAmb") and v}
     if left:
         raise PrivilegeError("capabilities left after the uid change: "
@@ -197,37 +314,56 @@ def drop_privileges(order: SpawnOrder) -> None:
 
 
 def report(sock_fd: int, kind: str, text: str) -> None:
+    """One JSON line for the booster.  ``json`` is imported only here: a failing
+    child exits right after, and a warm one never needs it."""
+    import json
+
     try:
-        os.write(sock_fd, json.dumps({"kind": kind, "error": text}).encode())
+        posix.write(sock_fd, json.dumps({"kind": kind, "error": text}).encode())
     except OSError:
         pass
 
 
-def become_instance(order: SpawnOrder, fds: list[int], order_fd: int) -> NoReturn:
-    """Turn this forked child into the user's instance.  Never returns."""
+def become_instance(order: SpawnOrder, fds: list[int], order_fd: int, pam=None):
+    """Turn this warm child into the user's instance.  Never returns.  ``pam``:
+    an ``instance_pam.PamSession`` to open for the instance first, or None."""
     try:
-        os.setsid()
         reset_signals()
-        _sane_limits()
-        order_fd = _arrange_fds(order, fds, order_fd)
+        _sane_limits()  # before the PAM session, whose pam_limits and pam_umask come on top
+        order_fd = _install_fds(order, fds, order_fd)
     except Exception as exc:  # noqa: BLE001 - anything here is a setup failure, reported
         report(order_fd, "setup", f"{type(exc).__name__}: {exc}")
-        os._exit(EXIT_SETUP)
+        posix._exit(EXIT_SETUP)
+    if pam is not None:
+        try:
+            pam.open(order.user)
+            pam.hold(_instance_fds(order) | {order_fd})
+        except Exception as exc:  # noqa: BLE001 - PamError, or the closer's fork failing
+            report(order_fd, "pam", str(exc))
+            posix._exit(EXIT_SETUP)
+    try:
+        if pam is not None:
+            reset_signals()  # again: a module may have left a disposition behind
+        _close_others(order, order_fd)
+    except Exception as exc:  # noqa: BLE001
+        report(order_fd, "setup", f"{type(exc).__name__}: {exc}")
+        posix._exit(EXIT_SETUP)
     try:
         drop_privileges(order)
         # After the uid change: a credential change clears the parent-death signal.
         set_parent_death_signal(order.death_signal)
-        if os.getppid() != order.booster_pid:
+        if posix.getppid() != order.booster_pid:
             raise PrivilegeError("the booster went away during the spawn")
     except Exception as exc:  # noqa: BLE001
         report(order_fd, "privilege", f"{type(exc).__name__}: {exc}")
-        os._exit(EXIT_PRIVILEGE)
+        posix._exit(EXIT_PRIVILEGE)
     try:
-        os.chdir(order.home)
+        posix.chdir(order.home)
     except OSError:
-        os.chdir("/")
+        posix.chdir("/")
     try:
-        os.execve(order.argv[0], list(order.argv), dict(order.env))
+        posix.execve(order.argv[0], list(order.argv), dict(order.env))
     except OSError as exc:
         report(order_fd, "exec", f"cannot execute {order.argv[0]}: {exc.strerror}")
-    os._exit(EXIT_EXEC)
+    posix._exit(EXIT_EXEC)
+

@@ -504,7 +504,7 @@ class UserInstance:
         booster.state_changed()
         self._log.info("instance spawned", pid=proc.pid, backend=booster.backend.name)
         try:
-            report = await _exec_report(loop, child.sock, proc)
+            report = await _exec_report(loop, child.sock, proc, deadline)
             if report is not None:
                 kind, text = report
                 status = await _bounded(proc.exited, KILL_GRACE)
@@ -696,10 +696,11 @@ async def _bounded(fut: asyncio.Future, timeout: float):
         return None
 
 
-async def _exec_report(loop, sock, proc: InstanceProcess) -> tuple[str, str] | None:
-    """Wait for the child's exec (its order socket closes) or its failure report."""
+async def _exec_report(loop, sock, proc: InstanceProcess, deadline: float) -> tuple[str, str] | None:
+    """Wait for the child's exec (its order socket closes) or its failure report.
+    Bounded: with an instance PAM session, the child runs PAM modules first."""
     sock.setblocking(False)
-    data = await _sock_recv_or_exit(loop, sock, proc)
+    data = await _sock_recv_or_exit(loop, sock, proc, deadline)
     if not data:
         return None
     try:
@@ -709,9 +710,13 @@ async def _exec_report(loop, sock, proc: InstanceProcess) -> tuple[str, str] | N
         return "setup", data[:200].decode(errors="replace")
 
 
-async def _sock_recv_or_exit(loop, sock, proc: InstanceProcess) -> bytes:
+async def _sock_recv_or_exit(loop, sock, proc: InstanceProcess, deadline: float) -> bytes:
     recv = loop.create_task(loop.sock_recv(sock, 65536))
-    done, _ = await asyncio.wait({recv, proc.exited}, return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait({recv, proc.exited}, timeout=max(0.0, deadline - loop.time()),
+                                 return_when=asyncio.FIRST_COMPLETED)
+    if not done:
+        recv.cancel()
+        raise StartFailed("the spawned child did not exec within login_timeout", code=ErrorCode.TIMEOUT)
     if recv in done:
         return recv.result()
     # Exited: whatever it reported is already in the socket buffer.

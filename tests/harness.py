@@ -344,6 +344,79 @@ def refused_required_login(b: BoosterProc, user) -> str:
         shutil.rmtree(logdir, ignore_errors=True)
 
 
+def refused_open(b: BoosterProc, user):
+    """Open a session over the socket as the PAM side does (a bound session),
+    expect a refusal and return it (``invoker.client.Refused``)."""
+    from common import protocol as p
+    from invoker.client import Client, Refused
+
+    client = Client(b.socket, "test").connect()
+    try:
+        client.open_session(user.name, leader_pid=os.getpid(), flags=int(p.OpenFlags.KEEP_CONNECTION))
+    except Refused as refused:
+        return refused
+    finally:
+        client.close()
+    raise AssertionError(f"the session for {user.name} was opened, not refused")
+
+
+class SessionLeader:
+    """A process of the caller's own that opens leader-bound sessions over the
+    socket (as the invoker does under pam_exec, with itself as the leader: the
+    booster watches it with a pidfd) and holds them until ``end``: they end
+    when it exits."""
+
+    def __init__(self, socket: str, users: list[str], threads: int = 4) -> None:
+        done_r, done_w = os.pipe()
+        self._hold_r, self._hold_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 1
+            try:
+                os.close(done_r)
+                os.close(self._hold_w)
+                self._open_all(socket, users, threads)
+                os.write(done_w, b"ok\n")
+                os.read(self._hold_r, 1)  # until the caller lets go
+                code = 0
+            except BaseException as exc:  # noqa: BLE001 - reported to the caller, then exit
+                os.write(done_w, f"error {exc!r}\n".encode())
+            finally:
+                os._exit(code)
+        os.close(done_w)
+        os.close(self._hold_r)
+        with os.fdopen(done_r) as fh:
+            answer = fh.readline().strip()
+        if answer != "ok":
+            self.end()
+            raise RuntimeError(f"opening sessions failed: {answer or 'the leader died'}")
+
+    @staticmethod
+    def _open_all(socket: str, users: list[str], threads: int) -> None:
+        import concurrent.futures
+
+        from invoker.client import Client
+
+        me = os.getpid()
+
+        def open_one(user: str) -> None:
+            client = Client(socket, "session-leader").connect(timeout=5.0)
+            try:
+                client.open_session(user, service="session-leader", leader_pid=me, timeout=120)
+            finally:
+                client.close()
+
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(open_one, users))
+
+    def end(self) -> None:
+        """Let the process exit (and wait for it): its sessions end."""
+        if self._hold_w >= 0:
+            os.close(self._hold_w)
+            self._hold_w = -1
+            os.waitpid(self.pid, 0)
+
+
 @contextlib.contextmanager
 def logged_in(b, user, *extra: str, pam_env: dict | None = None):
     """A pam_exec login held open; whatever happens in the body, on the way out

@@ -19,9 +19,10 @@ import psutil
 import pytest
 
 import pamkit
-from conftest import BOOSTER, install_autostart, instance_of, logged_in, refused_required_login, wait_failed, wait_gone
+from conftest import (
+    BOOSTER, install_autostart, instance_of, logged_in, refused_open, refused_required_login, wait_failed, wait_gone,
+)
 from common import protocol as p
-from invoker.client import Client, Refused
 
 CAPSH = shutil.which("capsh") or "/usr/sbin/capsh"
 # The harness finds a wrapped booster among the wrapper's descendants (as under
@@ -204,14 +205,9 @@ def test_instance_scheduling_and_limits_are_reset(booster_factory, backend, user
 def test_failed_privilege_check_fails_the_login_and_is_not_retried(booster_factory, backend, user):
     b = booster_factory(backend, start=False, restart_limit=5)
     start_wrapped(b, NO_SETUID_FIXUP)
-    client = Client(b.socket, "test").connect()
-    try:
-        with pytest.raises(Refused) as refused:
-            client.open_session(user.name, leader_pid=os.getpid(), flags=int(p.OpenFlags.KEEP_CONNECTION))
-    finally:
-        client.close()
-    text = refused.value.text
-    assert refused.value.code == p.ErrorCode.START_FAILED, text
+    refused = refused_open(b, user)
+    text = refused.text
+    assert refused.code == p.ErrorCode.START_FAILED, text
     assert "privilege step failed" in text and "capabilities left after the uid change" in text, text
     # The lifecycle is over once the user is gone: no later spawn can come.
     wait_failed(b, user.name, 10)

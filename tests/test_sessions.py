@@ -14,7 +14,9 @@ import time
 import pytest
 
 import pamkit
-from conftest import INVOKER, as_user, exec_service, install_autostart, instance_of, wait_failed, wait_gone
+from conftest import (
+    INVOKER, SessionLeader, as_user, exec_service, install_autostart, instance_of, wait_failed, wait_gone,
+)
 from common import protocol as p
 from invoker.client import Client, Refused
 
@@ -215,3 +217,21 @@ def test_stop_delay_keeps_the_instance_for_the_next_login(booster_factory, backe
         pamkit.wait_for(lambda: b.user(user.name) is None, 15, desc="the instance stopped after the delay")
     wait_gone(user.uid)
 
+
+
+def test_hundreds_of_leader_bound_sessions_all_end_with_their_leader(booster_factory, backend):
+    """Sessions opened at once over short connections, all led by one process,
+    all end when it exits.  (A connection closed its socket before its reader
+    task had finished, which left the descriptor registered with the event
+    loop: the pidfd that got that number next never reached epoll, and its
+    session outlived its leader.)"""
+    b = booster_factory(backend)
+    with pamkit.temp_user() as first, pamkit.temp_user() as second:
+        leader = SessionLeader(b.socket, [first.name, second.name] * 150, threads=8)
+        try:
+            assert sorted(e["sessions"] for e in b.status()["users"]) == [150, 150], b.status()
+        finally:
+            leader.end()
+        pamkit.wait_for(lambda: not b.status()["users"], 20, desc="every session ended with its leader")
+        wait_gone(first.uid)
+        wait_gone(second.uid)
