@@ -330,6 +330,8 @@ class UserInstance:
         try:
             log_r, log_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             os.set_blocking(log_w, True)
+            # The user's: the instance may reopen its output (dinit's log, backends/dinit.py).
+            os.fchown(log_w, self.account.uid, self.account.gid)
             targets = sorted(launch.pass_fds)
             order = SpawnOrder(
                 user=self.account.name, uid=self.account.uid, gid=self.account.gid,
