@@ -118,6 +118,7 @@ class ClientConnection:
         self.hello: p.Hello | None = None
         self.session = None
         self._reader: asyncio.Task | None = None
+        self.peer_error: p.RemoteProtocolError | None = None  # what broke the connection, once it broke
         self._log = log.get("conn", peer_pid=self.cred.pid, peer_uid=self.cred.uid)
 
     # --- events from elsewhere in the booster -------------------------------------------
@@ -140,6 +141,7 @@ class ClientConnection:
                     self.inbox.put_nowait(("eof", None))
                     return
         except p.RemoteProtocolError as exc:
+            self.peer_error = exc
             self.inbox.put_nowait(("bad", exc))
         except OSError:
             self.inbox.put_nowait(("eof", None))
@@ -164,6 +166,10 @@ class ClientConnection:
         raise _Gone()
 
     async def send(self, msg: p.Message) -> None:
+        if self.peer_error is not None:
+            # Garbage came in behind the message being answered (one read held both):
+            # the exchange is over, and the garbage is what to refuse.
+            raise Refused(self.peer_error.code, str(self.peer_error))
         data = self.proto.send(msg)
         try:
             await asyncio.wait_for(self.loop.sock_sendall(self.sock, data), SEND_TIMEOUT)
