@@ -195,6 +195,11 @@ class ClientConnection:
             if self.session is not None and not self.session.ended and self.session.bound:
                 self.booster.end_session(self.session, None)
             self._reader.cancel()
+            # The cancelled read leaves its selector entry until the loop's next
+            # turn, and disconnect_async may close the socket before that.  A
+            # descriptor closed while registered makes the next file to get its
+            # number (opened in the same turn) invisible to the loop: drop it now.
+            self.loop.remove_reader(self.sock.fileno())
             await disconnect_async(self.sock, self.booster.config.disconnect_timeout, self.loop)
             self.booster.connection_done(self)
 
