@@ -534,7 +534,10 @@ async def _sock_recv_or_exit(loop, sock, proc: InstanceProcess) -> bytes:
     recv = loop.create_task(loop.sock_recv(sock, 65536))
     done, _ = await asyncio.wait({recv, proc.exited}, return_when=asyncio.FIRST_COMPLETED)
     if recv in done:
-        return recv.result()
+        try:
+            return recv.result()
+        except OSError:  # reset: the child died holding the order; its exit says how
+            return b""
     # Exited: whatever it reported is already in the socket buffer.
     recv.cancel()
     try:
