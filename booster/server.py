@@ -55,7 +55,10 @@ class Listener:
                 sock.bind(self.path)
             finally:
                 os.umask(old)
-            sock.listen(128)
+            # A login storm connects faster than one loop accepts; a full backlog makes
+            # the invoker's connect fail at once (EAGAIN) and the login go on without
+            # a session.  The kernel caps this at net.core.somaxconn.
+            sock.listen(socket.SOMAXCONN)
         except BaseException:
             sock.close()
             raise
