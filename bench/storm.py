@@ -16,7 +16,11 @@ Measured: the time from the release until the last login (or spawn) is
 ready, and each login's own latency.  Meanwhile a probe asks the booster for
 its status every 20 ms: its answer time shows how long the event loop
 stalls (a refill forks warm children in the loop), its pool count how the
-pool drains and refills.  Every login that fails is counted.
+pool drains and refills.  Every login that fails is counted, by kind.
+
+Then, per pool size, an idle booster's whole pool is killed at once and
+refilled, the probe answering every 2 ms: how long the refill holds up the
+loop (no login is served meanwhile).
 
     sudo .venv/bin/python bench/storm.py [--users 100] [--sessions 1000] [--rounds 5]
         [--pool-sizes 0,2,8,32] [--backend runit|dinit|all]
@@ -311,6 +315,48 @@ def run_backend(backend: str, users, sessions: int, rounds: int, pool_sizes: lis
     return results
 
 
+DEATHS_WINDOW = 10.5  # seconds: more warm-child deaths than 3 * pool_size within 10 s pause the refill
+
+
+def refill_stall(pool_sizes: list[int], rounds: int) -> list[dict]:
+    """How long a refill of the whole pool holds up the booster's loop: an
+    idle booster's warm children are killed at once, and the probe (every
+    2 ms) times the status answers until the pool is full again.  Rounds are
+    spaced so that the deaths never look like a crash loop to the pool."""
+    from booster import pool as pool_module
+
+    assert pool_module._DEATHS_WINDOW < DEATHS_WINDOW
+    results = []
+    for size in pool_sizes:
+        if not size:
+            continue
+        b = harness.new_booster("runit", log_level="warning", pool_size=size)
+        stalls, refills, idle = [], [], []
+        try:
+            for _ in range(rounds):
+                warm = b.state_file()["warm"]
+                with Probe(b, interval=0.002) as probe:
+                    time.sleep(0.1)
+                    started = time.perf_counter()
+                    for entry in warm:
+                        os.kill(entry["pid"], 9)  # an idle booster's warm children, just listed
+                    old = {e["pid"] for e in warm}
+                    pamkit.wait_for(lambda: len(w := b.state_file()["warm"]) == size
+                                    and not old & {e["pid"] for e in w}, 10, interval=0.002,
+                                    desc="the pool refilled")
+                    refills.append(time.perf_counter() - started)
+                    time.sleep(0.1)
+                answers = [a for a in probe.answers if a == a]
+                idle.append(sorted(answers)[len(answers) // 2])
+                stalls.append(max(answers))
+                time.sleep(DEATHS_WINDOW)
+        finally:
+            harness.dispose(b)
+        results.append({"pool_size": size, "loop_stall": benchlib.summary(stalls), "refill": benchlib.summary(refills),
+                        "idle_answer": benchlib.summary(idle)})
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=100)
@@ -322,6 +368,8 @@ def main() -> int:
                         help="the clients' connect timeout (default: the PAM hook's own)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a booster config key for the storms (e.g. max_connections=2048); repeatable")
+    parser.add_argument("--refill-rounds", type=int, default=3,
+                        help="rounds of the refill measurement per pool size (0: skip it)")
     parser.add_argument("--json")
     args = parser.parse_args()
     backends = ["runit", "dinit"] if args.backend == "all" else [args.backend]
@@ -354,13 +402,21 @@ def main() -> int:
     print(benchlib.table("Login storms (ms; ratio = all ready / direct spawns at the same concurrency)",
                          ["backend", "case", "all ready", "ratio", "each med", "each p95", "loop stall max",
                           "pool low", "failed"], rows))
+    refill = refill_stall(pool_sizes, args.refill_rounds) if args.refill_rounds else []
+    if refill:
+        print()
+        print(benchlib.table("A whole pool refilled at once (runit booster, idle; ms)",
+                             ["pool_size", "refill done (median)", "loop stall (median of max)",
+                              "status answer, idle (median)"],
+                             [[r["pool_size"], r["refill"]["median_ms"], r["loop_stall"]["median_ms"],
+                               r["idle_answer"]["median_ms"]] for r in refill]))
     for r in results:
         if r["failures"]:
             print(f"{r['backend']} {r['kind']}: failed logins: "
                   + ", ".join(f"{n} x {what}" for what, n in r["failures"].items()))
     out = benchlib.save("storm", {"users": args.users, "sessions": args.sessions, "rounds": args.rounds,
                                   "pool_sizes": pool_sizes, "connect_timeout": args.connect_timeout,
-                                  "config": overrides, "results": results}, args.json)
+                                  "config": overrides, "results": results, "refill": refill}, args.json)
     print(f"\nJSON: {out}")
     return 0
 
