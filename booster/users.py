@@ -481,6 +481,8 @@ class UserInstance:
         try:
             log_r, log_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             os.set_blocking(log_w, True)
+            # The user's: the instance may reopen its output (dinit's log, backends/dinit.py).
+            os.fchown(log_w, self.account.uid, self.account.gid)
             targets = sorted(launch.pass_fds)
             order = SpawnOrder(
                 user=self.account.name, uid=self.account.uid, gid=self.account.gid,
@@ -718,7 +720,10 @@ async def _sock_recv_or_exit(loop, sock, proc: InstanceProcess, deadline: float)
         recv.cancel()
         raise StartFailed("the spawned child did not exec within login_timeout", code=ErrorCode.TIMEOUT)
     if recv in done:
-        return recv.result()
+        try:
+            return recv.result()
+        except OSError:  # reset: the child died holding the order; its exit says how
+            return b""
     # Exited: whatever it reported is already in the socket buffer.
     recv.cancel()
     try:

@@ -399,8 +399,8 @@ class PlacedBooster:
             self.pidfd = -1
         # A booster killed by the test (and not started again, as when the test
         # failed) leaves its cgroup subtree.  Its instances end by their
-        # parent-death signal (dinit can take 5 s: it waits to flush its
-        # console, a pipe to the dead booster); then rmdir takes the subtree.
+        # parent-death signal (a runsv may take a second: runit's restart
+        # throttle); then rmdir takes the subtree.
         if self.cgroup and os.path.isdir(self.cgroup):
             with contextlib.suppress(TimeoutError):
                 pamkit.wait_for(lambda: not _populated(self.cgroup), 15, interval=0.1,

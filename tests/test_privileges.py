@@ -147,7 +147,7 @@ def test_instance_holds_only_its_own_descriptors(booster_factory, backend, user)
         sockets = unix_socket_paths()
         problems = []
         for fd, target in sorted(fds.items()):
-            if fd <= 2:
+            if fd <= 2 or target == fds[1]:  # its own output, reopened: dinit's log (backends/dinit.py)
                 continue
             ident = fd_identity(pid, fd)
             if ident is not None and ident in booster_ids:

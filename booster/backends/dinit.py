@@ -28,6 +28,16 @@ READY_FD = 3
 READY_LIMIT = 4096
 SOCKET_NAME = "dinitctl"
 
+# dinit's messages go to its "main log", reopened on its own standard output
+# (the booster's pipe), and nothing to its console (-q).  Why: when a console
+# write fails (EPIPE: the booster died and the pipe has no reader), dinit 0.22
+# drops the console but still counts the unwritten message as pending, and its
+# exit waits for the console to be flushed for up to 5 s (``flush_log`` and
+# ``is_log_flushed`` in dinit.cc, dinit-log.cc).  A main log that fails is
+# closed and counts as flushed: the instance exits as soon as its services
+# have stopped.  Reopening the pipe needs the user to own it (users.py).
+OUTPUT_ARGS = ("-q", "--log-file", "/proc/self/fd/1")
+
 
 def boot_service(spec: InstanceSpec) -> str:
     lines = [
@@ -119,7 +129,7 @@ class DinitBackend(Backend):
         # the booster connects only to the socket it named.
         control = os.path.join(spec.runtime_dir or spec.account.home,
                                SOCKET_NAME if spec.runtime_dir else "." + SOCKET_NAME)
-        argv = [self.command, "--user", "--ready-fd", str(READY_FD), "--services-dir", gen]
+        argv = [self.command, "--user", "--ready-fd", str(READY_FD), *OUTPUT_ARGS, "--services-dir", gen]
         for entry in spec.config.services_dirs:
             argv += ["--services-dir", spec.account.expand(entry)]
         argv += ["--socket-path", control]

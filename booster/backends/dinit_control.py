@@ -292,4 +292,10 @@ async def start_service(socket_path: str, name: str, *, timeout: float) -> None:
                     f"cannot connect to dinit at {socket_path}: {e.strerror or e}") from None
             await _converse(_Conn(sock), name, name_bytes)
     finally:
+        # Cancelled (the timeout) in the middle of a read or a connect, the socket
+        # is still registered with the loop until its next turn: unregister it
+        # before its descriptor number can go to another file (see server.py).
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())
+        loop.remove_writer(sock.fileno())
         sock.close()
