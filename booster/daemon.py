@@ -52,7 +52,9 @@ STATE_LIMIT = 16 << 20  # bytes: a state file larger than this is not ours
 # of that moment: a login makes several, and a rename on a busy disk costs
 # milliseconds that the login would otherwise wait for.  What it records is
 # for a successor after a crash; instances die with the booster anyway
-# (parent-death signal), and their cgroups are found without it.
+# (parent-death signal), and their cgroups are found without it.  A runtime
+# directory is the exception: nothing else would tell a successor to remove
+# it, so it is recorded at once, before the instance starts.
 STATE_WRITE_DELAY = 0.05
 
 
@@ -260,7 +262,12 @@ class Booster:
 
     # --- state file ------------------------------------------------------------------
 
-    def state_changed(self) -> None:
+    def state_changed(self, now: bool = False) -> None:
+        """Record a change in the state file: within STATE_WRITE_DELAY, or at once
+        (``now``) for what a successor could not find without it."""
+        if now:
+            self.write_state()
+            return
         if not self._state_pending:
             self._state_pending = True
             self.loop.call_later(STATE_WRITE_DELAY, self.write_state)
@@ -271,6 +278,8 @@ class Booster:
             return  # not started, or shut down: the file is gone for good
         instances = []
         for user in self.users.values():
+            if user.process is None and not user.managed_rundir:
+                continue  # nothing of it for a successor to clean (a failed user's record, say)
             proc = user.process
             instances.append({
                 "uid": user.account.uid, "gid": user.account.gid, "user": user.account.name,

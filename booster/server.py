@@ -272,6 +272,8 @@ class ClientConnection:
             self.inbox.put_nowait(("eof", None))
 
     async def _next(self, timeout: float | None):
+        if not self.inbox.empty():  # already here: no waiting task, no timer
+            return self.inbox.get_nowait()
         try:
             return await asyncio.wait_for(self.inbox.get(), timeout)
         except asyncio.TimeoutError:
@@ -297,7 +299,17 @@ class ClientConnection:
             raise Refused(self._remote_error.code, str(self._remote_error))
         data = self.proto.send(msg)
         try:
-            await asyncio.wait_for(self.loop.sock_sendall(self.sock, data), SEND_TIMEOUT)
+            # A frame nearly always fits the socket buffer whole: only the rest, if
+            # any, needs the loop (and the bound on a client that does not read).
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            raise _Gone() from None
+        if sent == len(data):
+            return
+        try:
+            await asyncio.wait_for(self.loop.sock_sendall(self.sock, data[sent:]), SEND_TIMEOUT)
         except (OSError, asyncio.TimeoutError):
             raise _Gone() from None
 

@@ -285,13 +285,17 @@ class UserInstance:
                 if failure.final:  # it would fail the same way again: FAILED says why
                     self._give_up(failure)
                     return
-                self._fail_waiting(failure)
+                if failure.code == ErrorCode.TIMEOUT:
+                    self._fail_waiting(failure)  # they have waited login_timeout already
                 if not self.wanted():
                     return
                 if not self._may_restart():
                     self._give_up(failure)
                     return
+                # Logins still waiting keep waiting (within their login_timeout): a
+                # warm child killed with the order in hand, say, costs them a retry.
                 if not await self._backoff():
+                    self._fail_waiting(failure)
                     return
                 self._set(UserState.STARTING)
                 continue
@@ -434,7 +438,7 @@ class UserInstance:
             except rundir.RundirError as exc:
                 raise StartFailed(f"runtime directory refused: {exc}", final=True) from None
             self.runtime_dir = self.managed_rundir = path
-        self.booster.state_changed()
+        self.booster.state_changed(now=self.managed_rundir is not None)
 
     def _spec(self, cgroup: str | None) -> InstanceSpec:
         return InstanceSpec(account=self.account, config=self.config, user_dir=self.user_dir,
@@ -608,8 +612,14 @@ class UserInstance:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.stop_timeout
         if proc.alive:
-            _signal(proc.pid, self.booster.backend.stop_signal)
-            if await _bounded(proc.exited, deadline - loop.time()) is None:
+            backend = self.booster.backend
+            while True:
+                _signal(proc.pid, backend.stop_signal)
+                left = deadline - loop.time()
+                status = await _bounded(proc.exited, min(left, backend.stop_repeat or left))
+                if status is not None or loop.time() >= deadline:
+                    break
+            if status is None:
                 self._log.warning("instance did not stop in time; killing it", pid=proc.pid,
                                   stop_timeout=self.config.stop_timeout)
                 _signal(proc.pid, signal.SIGKILL)

@@ -82,8 +82,8 @@ class Config:
     leader_watch: str = "auto"
     cgroup: str = "auto"
     # limits on what clients can make the booster hold
-    max_connections: int = 512
-    reserved_root_connections: int = 64  # of max_connections, only for root peers
+    max_connections: int = 2048
+    reserved_root_connections: int = 1024  # of max_connections, only for root peers
     max_connections_per_uid: int = 8     # for each non-root peer uid
     client_idle_timeout: float = 1.0     # a non-root peer's time for its HELLO, and for its request
     max_sessions_per_user: int = 256

@@ -14,6 +14,7 @@ import select
 import time
 
 import _socket
+from _struct import Struct
 
 from common import protocol as p
 from common.disconnect import disconnect
@@ -22,6 +23,7 @@ CONNECT_TIMEOUT = 0.1   # a booster that does not accept within this is treated 
 HANDSHAKE_TIMEOUT = 5.0
 WAIT_MARGIN = 2.0       # beyond the booster's announced wait, for the frame to arrive
 REQUEST_TIMEOUT = 5.0   # PREWARM, TERMINATE, LINGER, CLOSE_SESSION: answered at once
+_TIMEVAL = Struct("@ll")  # struct timeval, for SO_SNDTIMEO
 
 
 class ClientError(Exception):
@@ -63,7 +65,11 @@ class Client:
 
     def connect(self, timeout: float = CONNECT_TIMEOUT) -> "Client":
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
-        sock.settimeout(timeout)
+        # A blocking connect with the kernel's own time limit: in a login storm it
+        # waits (at most ``timeout``) for room in the booster's listen backlog,
+        # where a non-blocking one would fail at once.
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO,
+                        _TIMEVAL.pack(int(timeout), int(timeout % 1 * 1_000_000)))
         try:
             sock.connect(self.path)
         except (TimeoutError, BlockingIOError):

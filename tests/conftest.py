@@ -12,7 +12,7 @@ import pamkit
 from harness import (  # noqa: F401 - re-exported
     BOOSTER, INVOKER, NO_DINIT, PAM_MODULE, PYTHON, REPO, VENV_BIN, BoosterProc, SessionLeader, as_user, dinit_binary,
     dispose, exec_line, exec_service, install_autostart, instance_of, logged_in, new_booster, python_line, refused_open,
-    refused_required_login, wait_failed, wait_gone,
+    refused_required_login, service_procs, wait_failed, wait_gone,
 )
 
 

@@ -215,6 +215,21 @@ def install_autostart(user: pamkit.TempUser, backend: str, name: str = "hello",
     subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(home / ".config")], check=True)
 
 
+def service_procs(user: pamkit.TempUser, command: str = "/bin/sleep 1000") -> list[psutil.Process]:
+    """The user's processes running ``command`` (by default what
+    ``install_autostart`` starts): the autostart service, not a helper that
+    happens to run the same program (the runit readiness service ends in a
+    short ``sleep`` of its own)."""
+    found = []
+    for proc in pamkit.procs_of_uid(user.uid, zombies=False):
+        try:
+            if " ".join(proc.cmdline()) == command:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
 def exec_line(b: BoosterProc, *extra: str) -> str:
     return " ".join(["optional pam_exec.so", INVOKER, "--socket", b.socket, *extra])
 

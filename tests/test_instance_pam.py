@@ -29,7 +29,8 @@ import pytest
 
 import pamkit
 from conftest import (
-    REPO, exec_service, instance_of, logged_in, refused_open, refused_required_login, wait_failed, wait_gone,
+    REPO, exec_service, instance_of, logged_in, refused_open, refused_required_login, service_procs, wait_failed,
+    wait_gone,
 )
 from common import protocol as p
 
@@ -81,10 +82,6 @@ def closer_of(pid: int) -> psutil.Process:
     closers = [c for c in psutil.Process(pid).children() if c.name() == "booster-pam"]
     assert len(closers) == 1, pamkit.describe_procs(psutil.Process(pid).children())
     return closers[0]
-
-
-def service_procs(user):
-    return [q for q in pamkit.procs_of_uid(user.uid, zombies=False) if q.name() == "sleep"]
 
 
 def sessions_recorded(recorder, user, service) -> list[str]:

@@ -20,7 +20,8 @@ import pytest
 
 import pamkit
 from conftest import (
-    BOOSTER, install_autostart, instance_of, logged_in, refused_open, refused_required_login, wait_failed, wait_gone,
+    BOOSTER, install_autostart, instance_of, logged_in, refused_open, refused_required_login, service_procs,
+    wait_failed, wait_gone,
 )
 from common import protocol as p
 
@@ -118,7 +119,7 @@ def test_instance_has_exactly_the_users_credentials_and_no_capabilities(booster_
     with logged_in(b, u):
         pid = instance_of(b, u.name)
         assert pid, b.log()
-        services = [q for q in pamkit.procs_of_uid(u.uid, zombies=False) if q.name() == "sleep"]
+        services = service_procs(u)
         assert len(services) == 1
         for each in (pid, services[0].pid):
             status = pamkit.proc_status(each)

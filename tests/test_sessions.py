@@ -15,14 +15,11 @@ import pytest
 
 import pamkit
 from conftest import (
-    INVOKER, SessionLeader, as_user, exec_service, install_autostart, instance_of, wait_failed, wait_gone,
+    INVOKER, SessionLeader, as_user, exec_service, install_autostart, instance_of, service_procs, wait_failed,
+    wait_gone,
 )
 from common import protocol as p
 from invoker.client import Client, Refused
-
-
-def service_procs(user, command="sleep"):
-    return [q for q in pamkit.procs_of_uid(user.uid, zombies=False) if q.name() == command]
 
 
 def test_first_login_spawns_instance_as_the_user(booster_factory, backend, user):
@@ -176,7 +173,9 @@ def test_instance_dying_before_readiness_fails_the_login_at_once(booster_factory
     assert refused.value.code == p.ErrorCode.START_FAILED
     assert "exited with status 1 before it was ready" in refused.value.text
     client.close()
-    pamkit.wait_for(lambda: b.user(user.name) is None, 10, desc="the user gone")
+    # Retried (restart_limit) while the login waited, then given up: failed until the next login.
+    wait_failed(b, user.name, 10)
+    assert b.log().count("instance did not start") == 1 + b.config.get("restart_limit", 3)
 
 
 def test_login_timeout(booster_factory, backend):

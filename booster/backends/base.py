@@ -61,6 +61,9 @@ class Backend(abc.ABC):
 
     name: str
     stop_signal: int  # asks the instance to stop its services and exit; also its parent-death signal
+    # Seconds between repeats of the stop signal, for a manager that may miss
+    # one (None: once is enough).
+    stop_repeat: float | None = None
 
     @abc.abstractmethod
     def check(self) -> None:

@@ -4,9 +4,9 @@ runit has no readiness protocol of its own, so the booster provides one, as a
 generated service: ``booster-ready`` lives in the booster's directory for the
 user (``/run/booster/users/UID/runit``) and is linked into the user's service
 directory at each start.  Its run script waits until every other service in
-that directory is up (``sv start``, which honours ``check`` scripts), writes
-one line to a FIFO the booster reads, tells its own runsv not to restart it,
-and exits.
+that directory is up (running, and its ``check`` script, if any, passes),
+writes one line to a FIFO the booster reads, tells its own runsv not to
+restart it, and ends a second after it started.
 
 Root writes only in root's directories: ``runit/``, ``booster-ready/`` and its
 ``run`` are root's; the user owns just the leaves runit needs to write,
@@ -23,7 +23,7 @@ import os
 import shlex
 import signal
 
-from booster import safefs
+from booster import log, safefs
 from booster.backends.base import Backend, InstanceSpec, Launch, StartError, read_until, resolve
 
 READY_SERVICE = "booster-ready"
@@ -38,9 +38,11 @@ if [ -d "$1/booster-ready" ] && [ ! -L "$1/booster-ready" ]; then
     echo "booster: $1/booster-ready is a directory of the user's; not replacing it" >&2
     exit 64
 fi
-# Touch the directory only when the link is wrong: runsvdir holds off scanning a
-# directory changed within the current second, which would delay the login by 1 s.
 [ "$(readlink -- "$1/booster-ready")" = "$2" ] || ln -sfn -- "$2" "$1/booster-ready"
+# runsvdir holds off its first scan of a directory changed within the current
+# second, by a second; a modification time long past lets it scan at once (any
+# later change sets a new time, and runsvdir scans again).
+touch -m -d @0 -- "$1"
 # dash exports the PWD it computed: the instance's environment is the booster's alone.
 unset PWD
 exec "$3" -P "$1"
@@ -63,24 +65,37 @@ for s in */; do
     [ -e "$s/down" ] && continue
     set -- "$@" "./$s"  # sv looks bare names up in /service
 done
-# runsvdir starts a runsv for every directory in one scan, but runit has no
-# event for "runsv is listening": wait briefly (at most 5 s) for the pipes.
-for s in "$@"; do
-    n=0
-    while [ ! -p "$s/supervise/ok" ] && [ $n -lt 500 ]; do sleep 0.01; n=$((n + 1)); done
-done
+# A service is up once its runsv says it runs and its ./check, if it has one,
+# passes: what "sv start" waits for, but looked at every 10 ms (sv looks every
+# 420 ms).  Until its runsv listens, "sv status" fails: that is waited out too.
 status=0
-if [ $# -gt 0 ]; then
-    {sv} -w {timeout} start "$@" >&2 || status=$?
-fi
+left={polls}
+for s in "$@"; do
+    while :; do
+        case $({sv} status "$s" 2>/dev/null) in
+            run:*) if [ ! -x "$s/check" ] || (cd "$s" && ./check) >/dev/null 2>&1; then break; fi ;;
+        esac
+        if [ "$left" -le 0 ]; then
+            echo "booster-ready: $s is not up" >&2
+            status=1
+            break
+        fi
+        left=$((left - 1))
+        sleep 0.01
+    done
+done
 printf 'ready %s\\n' "$status" > {fifo}
+# A service that ends within a second of its start makes runsv wait out the
+# rest of that second before it acts on anything, a stop included.
+exec sleep 1
 """
 
 
 class RunitLaunch(Launch):
-    def __init__(self, argv, fifo_r: int, fifo_w: int) -> None:
+    def __init__(self, argv, fifo_r: int, fifo_w: int, user: str) -> None:
         self.argv = argv
         self.pass_fds = {}
+        self.user = user
         # Our own write end keeps the FIFO from ever reading as end-of-file.
         self._fifo_r, self._fifo_w = fifo_r, fifo_w
 
@@ -91,7 +106,11 @@ class RunitLaunch(Launch):
         words = line.decode(errors="replace").split()
         if len(words) != 2 or words[0] != "ready":
             raise StartError(f"unexpected readiness message {line!r}")
-        self.services_status = int(words[1]) if words[1].isdigit() else -1
+        if words[1] != "0":
+            # The login goes on: the instance runs, one of its services does not (yet).
+            log.get("runit", user=self.user).warning(
+                "not every autostart service came up within login_timeout; the login goes on",
+                see="the instance's output lines ('booster-ready: ... is not up')")
 
     def close(self) -> None:
         for fd in (self._fifo_r, self._fifo_w):
@@ -103,6 +122,9 @@ class RunitLaunch(Launch):
 class RunitBackend(Backend):
     name = "runit"
     stop_signal = signal.SIGHUP
+    # runsvdir notes a SIGHUP in a flag it reads when poll() returns: one that
+    # lands during a directory scan waits for the next poll timeout (up to 5 s).
+    stop_repeat = 0.1
 
     def __init__(self, config) -> None:
         self.config = config
@@ -124,7 +146,7 @@ class RunitBackend(Backend):
         svdir = account.expand(spec.config.runit_service_dir)
         run = READY_RUN.format(
             svdir=shlex.quote(svdir), ready=READY_SERVICE, sv=shlex.quote(self.sv),
-            timeout=max(1, int(spec.config.login_timeout)), fifo=shlex.quote(fifo))
+            polls=max(1, int(spec.config.login_timeout * 100)), fifo=shlex.quote(fifo))
         # Everything here is root's except supervise/, which the user's runsv
         # writes, and the FIFO the ready script writes: no path root uses passes
         # through anything the user could change.
@@ -143,4 +165,4 @@ class RunitBackend(Backend):
             for fd in opened:
                 os.close(fd)
         argv = ("/bin/sh", "-c", LAUNCHER, "booster-runit", svdir, ready_dir, self.runsvdir)
-        return RunitLaunch(argv, fifo_r, fifo_w)
+        return RunitLaunch(argv, fifo_r, fifo_w, account.name)
