@@ -570,13 +570,15 @@ def _rundir_of(pattern: str, uid: int, gid) -> str | None:
 
 
 def _same_process(pid, started, uid) -> bool:
-    """Is ``pid`` still the process recorded: same start time, same real uid?"""
+    """Is ``pid`` still the process recorded (same start time, same real uid), and
+    running?  An exited one waiting for pid 1 to reap it needs no killing."""
     if not _int(pid) or pid <= 1 or not _int(uid) or type(started) not in (int, float):
         return False
     if start_time(pid) != started:
         return False
     try:
-        return psutil.Process(pid).uids().real == uid
+        proc = psutil.Process(pid)
+        return proc.uids().real == uid and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 
@@ -587,12 +589,15 @@ def _kill_tree(pid: int) -> list[int]:
         procs = root.children(recursive=True) + [root]
     except psutil.Error:
         return []
+    killed = []
     for proc in procs:
         try:
-            proc.kill()
+            if proc.status() != psutil.STATUS_ZOMBIE:  # exited already: only its reaping is left
+                proc.kill()
+                killed.append(proc.pid)
         except psutil.Error:
             pass
-    return [proc.pid for proc in procs]
+    return killed
 
 
 async def serve(config: Config, ready_fd: int | None = None, report_failure=None,

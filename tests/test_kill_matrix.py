@@ -330,13 +330,6 @@ def _kill(proc: psutil.Process) -> None:
         proc.wait(10)
 
 
-def _gone(pid: int, started: float) -> bool:
-    try:
-        return psutil.Process(pid).create_time() != started
-    except psutil.NoSuchProcess:
-        return True
-
-
 def _cleaned_killed(log: str) -> str:
     """What the last "cleaned up after a previous booster" line says it killed."""
     lines = [line for line in log.splitlines() if "cleaned up after a previous booster" in line]
@@ -371,11 +364,8 @@ def test_kill(backend, victim, point, placed_factory, ns_kit):
             # Nothing of it may need a successor: every process ends by itself.
             pamkit.wait_for(lambda: not pamkit.procs_of_uid(user.uid, zombies=False), SETTLE,
                             desc=f"{user.name}'s processes gone without a booster")
-            # Orphans are reaped by pid 1, which may take its time (about 2 s on
-            # the test machines); a successor would count the zombies as killed.
-            old = b.state_file()
-            pamkit.wait_for(lambda: all(_gone(e["pid"], e["started"]) for e in old["instances"] + old["warm"]
-                                        if e.get("pid")), SETTLE, desc="the dead booster's children reaped")
+            # Started at once: the dead booster's children may still be zombies
+            # (pid 1 reaps orphans when it gets to it); exited is not to be killed.
             cell.end_logins()
             before = len(b.log())
             placed.start()
