@@ -28,22 +28,29 @@ def peer_cred(sock: socket.socket) -> PeerCred:
     return PeerCred(pid, uid, gid)
 
 
-def _status(pid: int) -> dict[str, str]:
-    fields = {}
-    with open(f"/proc/{pid}/status") as fh:
+def _ids(pid: int) -> tuple[int, int]:
+    """(``pid``'s number in its own, innermost PID namespace, its parent's pid),
+    from /proc/PID/status, read only as far as those two lines."""
+    nspid = ppid = None
+    with open(f"/proc/{pid}/status", "rb") as fh:
         for line in fh:
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-    return fields
+            if line.startswith(b"PPid:"):
+                ppid = int(line[5:])
+            elif line.startswith(b"NSpid:"):
+                nspid = int(line.split()[-1])
+                break  # PPid comes first
+    if nspid is None or ppid is None:
+        raise KeyError(f"/proc/{pid}/status has no NSpid or PPid")
+    return nspid, ppid
 
 
 def own_pid_in_namespace(pid: int) -> int:
     """``pid``'s number in its own (innermost) PID namespace."""
-    return int(_status(pid)["NSpid"].split()[-1])
+    return _ids(pid)[0]
 
 
 def parent_of(pid: int) -> int:
-    return int(_status(pid)["PPid"])
+    return _ids(pid)[1]
 
 
 def identify_leader(peer_pid: int, claimed: int) -> int | None:
@@ -51,9 +58,9 @@ def identify_leader(peer_pid: int, claimed: int) -> int | None:
     if peer_pid <= 0 or claimed <= 0:
         return None
     try:
-        if own_pid_in_namespace(peer_pid) == claimed:
+        own, parent = _ids(peer_pid)
+        if own == claimed:
             return peer_pid
-        parent = parent_of(peer_pid)
         if parent > 0 and own_pid_in_namespace(parent) == claimed:
             return parent
     except (FileNotFoundError, ProcessLookupError, KeyError, ValueError):

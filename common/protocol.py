@@ -24,16 +24,16 @@ A payload must be exactly as long as its fields; ``MAX_PAYLOAD`` bounds it.
 ``docs/protocol.md`` describes every message byte by byte.
 
 Every login imports this module (the pam_exec hook and the pam_python module
-run it), so it costs what ``struct`` costs and no more: messages are plain
+run it), so it costs what ``_struct`` costs and no more: messages are plain
 slotted classes, the code tables plain classes of integer constants; no
 ``dataclasses``, ``enum`` or ``typing``.
 """
 
-import struct
+from _struct import Struct  # struct's own core: struct.py adds nothing used here
 
 MAGIC = b"DB"
 VERSION = 2
-HEADER = struct.Struct(">2sBBI")
+HEADER = Struct(">2sBBI")
 HEADER_SIZE = HEADER.size
 MAX_FRAME = 65536
 MAX_PAYLOAD = MAX_FRAME - HEADER_SIZE
@@ -182,7 +182,7 @@ class _Int:
     __slots__ = ("struct", "lo", "hi")
 
     def __init__(self, fmt: str, signed: bool = False):
-        self.struct = struct.Struct(">" + fmt)
+        self.struct = Struct(">" + fmt)
         bits = self.struct.size * 8
         self.lo = -(1 << (bits - 1)) if signed else 0
         self.hi = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
@@ -202,7 +202,7 @@ class _Int:
 
 
 U8, U16, U32, U64, I32 = _Int("B"), _Int("H"), _Int("I"), _Int("Q"), _Int("i", signed=True)
-_LEN = struct.Struct(">H")
+_LEN = Struct(">H")
 
 
 class Str:
