@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import json
 import os
 import resource
@@ -54,7 +55,7 @@ STATE_LIMIT = 16 << 20  # bytes: a state file larger than this is not ours
 # for a successor after a crash; instances die with the booster anyway
 # (parent-death signal), and their cgroups are found without it.  A runtime
 # directory is the exception: nothing else would tell a successor to remove
-# it, so it is recorded at once, before the instance starts.
+# it, so it is recorded in the loop's next turn, before the login is answered.
 STATE_WRITE_DELAY = 0.05
 
 
@@ -78,7 +79,7 @@ class Booster:
         self._next_session = 1
         self._stop = asyncio.Event()
         self._stop_signal: int | None = None
-        self._state_pending = False
+        self._state_write: asyncio.TimerHandle | None = None  # the write scheduled, if any
         self._state_closed = False
         self._lock_fd: int | None = None
         self._state_fd: int | None = None  # state_dir, checked once at startup
@@ -125,6 +126,10 @@ class Booster:
         except (OSError, RuntimeError) as exc:
             raise StartupError(f"cannot listen on {self.config.socket}: {exc}") from None
         self.write_state()
+        # What start-up made (modules, classes, config) lives as long as the
+        # booster: out of the collector's way, a collection scans only what
+        # came after it, and no login waits on a sweep of the whole heap.
+        gc.freeze()
         self._log.info("serving", socket=self.config.socket, backend=self.backend.name,
                        pool_size=self.config.pool_size, cgroup=self.cgroups.base if self.cgroups else "off",
                        leader_watch=self.leaders.kind)
@@ -263,17 +268,20 @@ class Booster:
     # --- state file ------------------------------------------------------------------
 
     def state_changed(self, now: bool = False) -> None:
-        """Record a change in the state file: within STATE_WRITE_DELAY, or at once
-        (``now``) for what a successor could not find without it."""
-        if now:
-            self.write_state()
-            return
-        if not self._state_pending:
-            self._state_pending = True
-            self.loop.call_later(STATE_WRITE_DELAY, self.write_state)
+        """Record a change in the state file: within STATE_WRITE_DELAY, or (``now``)
+        in the loop's next turn, for what a successor could not find without it.
+        Either way one write serves every change made meanwhile."""
+        if self._state_write is not None:
+            if not now or self._state_write.when() <= self.loop.time():
+                return
+            self._state_write.cancel()  # a delayed write becomes an immediate one
+        delay = 0.0 if now else STATE_WRITE_DELAY
+        self._state_write = self.loop.call_later(delay, self.write_state)
 
     def write_state(self) -> None:
-        self._state_pending = False
+        if self._state_write is not None:
+            self._state_write.cancel()  # this write covers what it was for
+            self._state_write = None
         if self._state_closed or self._state_fd is None:
             return  # not started, or shut down: the file is gone for good
         instances = []

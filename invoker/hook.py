@@ -204,6 +204,9 @@ def _open(opts: Options, client: Client, items: dict, runtime_dir: str, leader: 
 def hold(client: Client, leader_fd: int, user: str, session_id: int) -> None:
     """The holder: carry the connection until the PAM application dies (then
     disconnect in order) or the booster ends the session or goes away."""
+    import gc
+
+    gc.enable()  # pam_exec.py turned it off for a short life; a holder's lasts the session
     posix.setsid()
     null = posix.open("/dev/null", posix.O_RDWR)
     posix.dup2(null, 0)

@@ -20,7 +20,7 @@ from conftest import INVOKER, PAM_MODULE, PYTHON
 HOOK = str(Path(PAM_MODULE).with_name("pam_exec.py"))
 # What the per-login path may import beyond what `python -I -S` has loaded:
 # built-in modules and the lean client.  (`os` and `socket` alone cost ~10 ms.)
-LEAN = {"select", "_socket", "_struct", "struct", "errno", "common", "common.protocol", "common.disconnect",
+LEAN = {"gc", "select", "_socket", "_struct", "struct", "errno", "common", "common.protocol", "common.disconnect",
         "invoker", "invoker.client", "invoker.hook"}
 
 
