@@ -243,7 +243,7 @@ class ClientConnection:
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.hello: p.Hello | None = None
         self.session = None
-        self._reader: asyncio.Task | None = None
+        self._reading = False  # our reader callback is registered with the loop
         self._log = log.get("conn", peer_pid=self.cred.pid, peer_uid=self.cred.uid)
 
     # --- events from elsewhere in the booster -------------------------------------------
@@ -256,20 +256,33 @@ class ClientConnection:
 
     # --- I/O --------------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                data = await self.loop.sock_recv(self.sock, 65536)
-                for msg in self.proto.receive_data(data):
+    def _on_readable(self) -> None:
+        """Read what the client sent (a reader callback: no task, no future per
+        read), and queue the messages it completes."""
+        while self._reading:
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = None
+            try:
+                for msg in self.proto.receive_data(data or b""):
                     self.inbox.put_nowait(("msg", msg))
-                if not data:
-                    self.inbox.put_nowait(("eof", None))
-                    return
-        except p.RemoteProtocolError as exc:
-            self._remote_error = exc
-            self.inbox.put_nowait(("bad", exc))
-        except OSError:
-            self.inbox.put_nowait(("eof", None))
+            except p.RemoteProtocolError as exc:
+                self._remote_error = exc
+                self.inbox.put_nowait(("bad", exc))
+                self._stop_reading()
+                return
+            if not data:
+                self.inbox.put_nowait(("eof", None))
+                self._stop_reading()
+                return
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.loop.remove_reader(self.sock.fileno())
 
     async def _next(self, timeout: float | None):
         if not self.inbox.empty():  # already here: no waiting task, no timer
@@ -316,7 +329,10 @@ class ClientConnection:
     # --- the request ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self._reader = self.loop.create_task(self._read_loop())
+        # The client's HELLO is usually there already: read it now, then as it comes.
+        self._reading = True
+        self.loop.add_reader(self.sock.fileno(), self._on_readable)
+        self._on_readable()
         try:
             try:
                 await self._serve()
@@ -331,12 +347,10 @@ class ClientConnection:
         finally:
             if self.session is not None and not self.session.ended and self.session.bound:
                 self.booster.end_session(self.session, None)
-            self._reader.cancel()
-            # Its pending sock_recv keeps a reader registered for the socket's fd until
-            # the task has run: closing the socket first would leave that registration
-            # for the next descriptor with the same number (a pidfd, say), which then
-            # never reaches epoll.
-            await asyncio.gather(self._reader, return_exceptions=True)
+            # Unregistered before the socket is closed: a registration left behind
+            # would go to the next descriptor given the same number (a pidfd, say),
+            # which then never reaches epoll.
+            self._stop_reading()
             await disconnect_async(self.sock, self.disconnect_timeout, self.loop)
             self.booster.connection_done(self)
 
@@ -373,7 +387,8 @@ class ClientConnection:
         if self.cred.uid != 0:
             raise Refused(p.ErrorCode.NOT_PERMITTED, "only root may open sessions")
         account = await self.account(req.user)
-        keep = bool(req.flags & p.OpenFlags.KEEP_CONNECTION)
+        keep = bool(req.flags & p.OpenFlags.KEEP_CONNECTION
+                    or req.flags & p.OpenFlags.KEEP_IF_UNSEEN and self.cred.pid <= 0)
         leader = identify_leader(self.cred.pid, req.leader_pid)
         if leader is None and not keep:
             if self.cred.pid > 0:
@@ -395,19 +410,15 @@ class ClientConnection:
 
     async def _await_ready(self, session):
         """Wait for the instance; a bound session's client may leave meanwhile."""
+        if session.ready.done():  # it was ready already (a warm login): nothing to wait for
+            return self._ready_env(session)
         timeout = self.booster.config.login_timeout + LOGIN_MARGIN
         getter = self.loop.create_task(self.inbox.get())
         try:
             done, _ = await asyncio.wait({session.ready, getter}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
             if session.ready in done:
-                if session.ready.cancelled():  # ended while it waited: shutdown, or closed elsewhere
-                    code = p.ErrorCode.SHUTTING_DOWN if self.booster.stopping else p.ErrorCode.NO_SUCH_SESSION
-                    raise Refused(code, "the session was ended before the instance was ready")
-                try:
-                    return session.ready.result()
-                except StartFailed as failure:
-                    raise Refused(failure.code, failure.text) from None
+                return self._ready_env(session)
             if getter in done:
                 kind, value = getter.result()
                 if kind == "shutdown":
@@ -423,6 +434,16 @@ class ClientConnection:
             raise Refused(p.ErrorCode.TIMEOUT, "the instance was not ready in time")
         finally:
             getter.cancel()
+
+    def _ready_env(self, session):
+        """The environment a ready session's login exports, or Refused."""
+        if session.ready.cancelled():  # ended while it waited: shutdown, or closed elsewhere
+            code = p.ErrorCode.SHUTTING_DOWN if self.booster.stopping else p.ErrorCode.NO_SUCH_SESSION
+            raise Refused(code, "the session was ended before the instance was ready")
+        try:
+            return session.ready.result()
+        except StartFailed as failure:
+            raise Refused(failure.code, failure.text) from None
 
     async def _carry(self, session) -> None:
         """Hold a bound session until either side ends it."""

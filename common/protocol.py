@@ -89,6 +89,7 @@ class OpenFlags(_Codes):
 
     KEEP_CONNECTION = 1  # the connection carries the session: its EOF ends it
     NO_RUNDIR = 2        # do not manage the runtime directory for this login
+    KEEP_IF_UNSEEN = 4   # KEEP_CONNECTION if the booster cannot see the client's process
 
 
 class HelloFlags(_Codes):
@@ -624,6 +625,7 @@ class State:
     START = "start"            # nothing exchanged yet
     HELLO_SENT = "hello-sent"  # the client's HELLO is on its way
     IDLE = "idle"              # handshake done, no request yet
+    EARLY_OPEN = "early-open"  # OPEN_SESSION sent right behind the client's HELLO
     OPENING = "opening"        # OPEN_SESSION sent, READY not yet
     OPEN = "open"              # READY received; the session exists
     CLOSING = "closing"        # CLOSE_SESSION sent
@@ -640,6 +642,8 @@ _T = MessageType
 TRANSITIONS = {
     (State.START, _C2S, _T.HELLO): State.HELLO_SENT,
     (State.HELLO_SENT, _S2C, _T.HELLO): State.IDLE,
+    (State.HELLO_SENT, _C2S, _T.OPEN_SESSION): State.EARLY_OPEN,  # pipelined: no round trip for HELLO
+    (State.EARLY_OPEN, _S2C, _T.HELLO): State.OPENING,
     (State.IDLE, _C2S, _T.OPEN_SESSION): State.OPENING,
     (State.IDLE, _C2S, _T.CLOSE_SESSION): State.CLOSING,
     (State.IDLE, _C2S, _T.STATUS_REQUEST): State.STATUS,

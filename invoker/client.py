@@ -4,20 +4,18 @@ Blocking, and on every login's path: the pam_exec hook, the holder, the
 interactive ``invoker open``, ``booster status`` and the pam_python module
 (which runs under the system Python) all use it.  So it imports only what the
 interpreter has already loaded or builds in (``posix``, ``_socket``,
-``select``, ``time``, ``errno``) plus ``common``: the ``os`` and ``socket``
-wrappers alone would cost a login about 10 ms.  Every wait is bounded.
+``_struct``, ``time``; ``select`` when it first waits on more than one
+descriptor) plus ``common``: the ``os`` and ``socket`` wrappers alone would
+cost a login about 10 ms.  Every wait is bounded.
 """
 
-import errno
 import posix
-import select
 import time
 
 import _socket
 from _struct import Struct
 
 from common import protocol as p
-from common.disconnect import disconnect
 
 CONNECT_TIMEOUT = 0.1   # a booster that does not accept within this is treated as absent
 HANDSHAKE_TIMEOUT = 5.0
@@ -63,7 +61,9 @@ class Client:
 
     # --- connection -------------------------------------------------------------------
 
-    def connect(self, timeout: float = CONNECT_TIMEOUT) -> "Client":
+    def connect(self, timeout: float = CONNECT_TIMEOUT, request=None) -> "Client":
+        """Connect and shake hands; ``request`` (an OPEN_SESSION) goes out right
+        behind our HELLO, in the same write, instead of a round trip later."""
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         # A blocking connect with the kernel's own time limit: in a login storm it
         # waits (at most ``timeout``) for room in the booster's listen backlog,
@@ -79,7 +79,7 @@ class Client:
             sock.close()
             raise BoosterUnavailable(f"{self.path}: {exc.strerror or exc}") from None
         self.sock = sock
-        self._send(p.Hello(posix.getpid(), own_pidns(), 0, self.agent[:64]))
+        self._send(p.Hello(posix.getpid(), own_pidns(), 0, self.agent[:64]), request)
         reply = self._receive(time.monotonic() + HANDSHAKE_TIMEOUT)
         if not isinstance(reply, p.Hello):
             raise ConnectionLost(f"unexpected {type(reply).__name__} in the handshake")
@@ -93,10 +93,13 @@ class Client:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def _send(self, msg) -> None:
+    def _send(self, msg, then=None) -> None:
         try:
+            data = self.proto.send(msg)
+            if then is not None:
+                data += self.proto.send(then)
             self.sock.settimeout(HANDSHAKE_TIMEOUT)
-            self.sock.sendall(self.proto.send(msg))
+            self.sock.sendall(data)
         except OSError as exc:
             raise ConnectionLost(f"sending {type(msg).__name__}: {exc}") from None
 
@@ -133,6 +136,9 @@ class Client:
         sock, self.sock = self.sock, None
         if sock is None:
             return "clean"
+        # Imported when first needed: a pam_python login disconnects only at its logout.
+        from common.disconnect import disconnect
+
         sock.settimeout(None)
         sock.setblocking(False)
         return disconnect(sock, timeout)
@@ -148,19 +154,29 @@ class Client:
 
     # --- requests ----------------------------------------------------------------------
 
-    def _request(self, make, *args):
+    @staticmethod
+    def _build(make, *args):
         try:
-            request = make(*args)
+            return make(*args)
         except p.LocalProtocolError as exc:  # a user name the protocol cannot carry, say
             raise ClientError(f"cannot ask for this: {exc}") from None
-        self._send(request)
+
+    def _request(self, make, *args):
+        self._send(self._build(make, *args))
 
     def open_session(self, user: str, *, service: str = "", tty: str = "", rhost: str = "",
                      ruser: str = "", leader_pid: int, flags: int = 0, runtime_dir: str = "",
-                     timeout: float = 120.0) -> tuple:
-        """Open and wait for READY; returns (session id, environment to export)."""
-        self._request(p.OpenSession, user, fit(service, 256), fit(tty, 256), fit(rhost, 1024), fit(ruser, 256),
-                      leader_pid, flags, runtime_dir if fit(runtime_dir, 4095) == runtime_dir else "")
+                     timeout: float = 120.0, connect_timeout: float | None = None) -> tuple:
+        """Open and wait for READY; returns (session id, environment to export).
+        Not yet connected: connect now (``connect_timeout``), the request right
+        behind the HELLO."""
+        request = self._build(p.OpenSession, user, fit(service, 256), fit(tty, 256), fit(rhost, 1024),
+                              fit(ruser, 256), leader_pid, flags,
+                              runtime_dir if fit(runtime_dir, 4095) == runtime_dir else "")
+        if self.sock is None:
+            self.connect(CONNECT_TIMEOUT if connect_timeout is None else connect_timeout, request)
+        else:
+            self._send(request)
         deadline = time.monotonic() + timeout
         while True:
             msg = self._receive(deadline)
@@ -225,17 +241,15 @@ def fit(text: str, limit: int) -> str:
 
 
 def wait_readable(fds, timeout):
-    """Poll ``fds`` for input (or hang-up); returns the ready ones, retrying EINTR."""
+    """Poll ``fds`` for input (or hang-up); returns the ready ones (poll itself
+    is retried after a signal, PEP 475)."""
+    import select  # only the holder and ``invoker open`` wait on more than their socket
+
     poller = select.poll()
     for fd in fds:
         poller.register(fd, select.POLLIN)
-    while True:
-        try:
-            events = poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
-            return [fd for fd, _ in events]
-        except OSError as exc:
-            if exc.errno != errno.EINTR:
-                raise
+    events = poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
+    return [fd for fd, _ in events]
 
 
 def query_status(path: str, user: str = "", timeout: float = 5.0):

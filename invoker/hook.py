@@ -148,25 +148,19 @@ def run(argv) -> int:
     leader = posix.getppid()  # under pam_exec the parent is the PAM application
     client = Client(opts.socket, "invoker/pam_exec " + pam_type)
     try:
+        if pam_type == "open_session":
+            return _open(opts, client, items, env.get("XDG_RUNTIME_DIR", ""), leader)
         client.connect()
-    except BoosterUnavailable as exc:
-        _log().warning("booster not running; continuing without a user instance", user=user, reason=str(exc))
-        return 0 if pam_type == "account" else failed
-    except ClientError as exc:
-        _log().error("booster handshake failed", user=user, reason=str(exc))
-        client.close()
-        return 0 if pam_type == "account" else failed
-    try:
         if pam_type == "account":
             # Pre-warm never decides a login: the session phase will say what failed.
             client.ask(p.Prewarm, user)
-            client.disconnect(DISCONNECT_TIMEOUT)
-            return 0
-        if pam_type == "close_session":
+        else:
             client.close_session(user, leader)
-            client.disconnect(DISCONNECT_TIMEOUT)
-            return 0
-        return _open(opts, client, items, env.get("XDG_RUNTIME_DIR", ""), leader)
+        client.disconnect(DISCONNECT_TIMEOUT)
+        return 0
+    except BoosterUnavailable as exc:
+        _log().warning("booster not running; continuing without a user instance", user=user, reason=str(exc))
+        return 0 if pam_type == "account" else failed
     except ClientError as exc:
         _log().error(pam_type + " failed", user=user, reason=str(exc))
         client.close()
@@ -174,23 +168,22 @@ def run(argv) -> int:
 
 
 def _open(opts: Options, client: Client, items: dict, runtime_dir: str, leader: int) -> int:
+    """Connect and open in one write: the booster carries the session on this
+    connection only where it cannot see us (KEEP_IF_UNSEEN); its HELLO says
+    which, ahead of READY."""
     user = items["PAM_USER"]
-    keep = not client.peer_visible
-    flags = p.OpenFlags.NO_RUNDIR if opts.norundir else 0
-    leader_fd = -1
-    if keep:
-        # The booster cannot watch the PAM application: we will, from a holder.
-        # Opened now, while the application certainly waits for us.
-        flags |= p.OpenFlags.KEEP_CONNECTION
-        leader_fd = posix.pidfd_open(leader)
+    flags = p.OpenFlags.KEEP_IF_UNSEEN | (p.OpenFlags.NO_RUNDIR if opts.norundir else 0)
     session_id, _env = client.open_session(
         user, service=items.get("PAM_SERVICE", ""), tty=items.get("PAM_TTY", ""),
         rhost=items.get("PAM_RHOST", ""), ruser=items.get("PAM_RUSER", ""),
         leader_pid=leader, flags=flags, runtime_dir=fit(runtime_dir, 4095), timeout=opts.timeout,
     )
-    if not keep:
+    if client.peer_visible:  # the booster watches the PAM application itself
         client.disconnect(DISCONNECT_TIMEOUT)
         return 0
+    # It cannot: a holder carries the connection and watches the application,
+    # which waits for this hook to exit, so the pid is certainly still its own.
+    leader_fd = posix.pidfd_open(leader)
     if posix.fork() == 0:
         try:
             hold(client, leader_fd, user, session_id)

@@ -1,11 +1,25 @@
-"""The work of the pam_python hooks (``invoker/pam_module.py`` is the file the
-PAM line names; it keeps only what must live per PAM handle, and this module,
-imported from the package, is byte-compiled once instead of compiled from
-source by every login).
+"""In-process PAM mode, for Debian's libpam-python::
 
-Runs inside the PAM application under the system Python, standard library
-and ``common`` only.  Unless ``required`` is given, a failure is logged and
-the login goes on; a pre-warm never decides a login.
+    session optional /lib/security/pam_python.so /path/to/invoker/pam_module.py [socket=PATH] [norundir]
+                                                 [timeout=SECONDS] [required]
+    account optional /lib/security/pam_python.so /path/to/invoker/pam_module.py [socket=PATH]
+
+(``invoker pam-lines`` prints them with this installation's paths.)
+
+``invoker/pam_module.py`` is the file the PAM line names: pam_python compiles
+it from source for every PAM handle, so it is a few lines that keep what must
+live per handle and call this module, which is imported byte-compiled.
+
+Runs inside the PAM application under the system Python 3 with the system
+``sys.path``, standard library and ``common`` only.  Unlike pam_exec it can
+set the login's environment (``XDG_RUNTIME_DIR``,
+``DBUS_SESSION_BUS_ADDRESS``).  Its connection to the booster stays open for
+the session's lifetime: if the application dies, the booster sees
+end-of-file; close-session is an orderly disconnect (a shutdown and the
+booster's end-of-file, bounded).  In the account phase it pre-warms: it
+tells the booster the user is about to log in and returns at once.  Unless
+``required`` is given, a failure is logged and the login goes on; a
+pre-warm never decides a login.
 """
 
 import os
@@ -57,8 +71,7 @@ def open_session(pamh, argv, state: dict) -> int:
         open_flags |= p.OpenFlags.NO_RUNDIR
     client = client_mod.Client(opts["socket"], "invoker/pam_python")
     try:
-        client.connect()
-        session_id, env = client.open_session(
+        session_id, env = client.open_session(  # connects, the request right behind the HELLO
             user, service=pamh.service or "", tty=pamh.tty or "", rhost=pamh.rhost or "",
             ruser=pamh.ruser or "", leader_pid=os.getpid(), flags=open_flags,
             runtime_dir=earlier, timeout=opts["timeout"])

@@ -217,8 +217,8 @@ def test_env_round_trip_keeps_order_and_duplicates():
 def test_enum_values_encode_as_their_numbers():
     msg = p.Error(code=ErrorCode.TIMEOUT, text="late")
     assert p.decode(p.encode(msg)) == p.Error(code=7, text="late")
-    flags = p.OpenFlags.KEEP_CONNECTION | p.OpenFlags.NO_RUNDIR
-    assert p.decode(p.encode(p.OpenSession(user="u", flags=flags))).flags == 3
+    flags = p.OpenFlags.KEEP_CONNECTION | p.OpenFlags.NO_RUNDIR | p.OpenFlags.KEEP_IF_UNSEEN
+    assert p.decode(p.encode(p.OpenSession(user="u", flags=flags))).flags == 7
 
 
 # --- malformed input -------------------------------------------------------------------------------
@@ -570,6 +570,8 @@ T = MessageType
 LEGAL = {
     (State.START, C, T.HELLO): State.HELLO_SENT,
     (State.HELLO_SENT, S, T.HELLO): State.IDLE,
+    (State.HELLO_SENT, C, T.OPEN_SESSION): State.EARLY_OPEN,
+    (State.EARLY_OPEN, S, T.HELLO): State.OPENING,
     (State.IDLE, C, T.OPEN_SESSION): State.OPENING,
     (State.IDLE, C, T.CLOSE_SESSION): State.CLOSING,
     (State.IDLE, C, T.STATUS_REQUEST): State.STATUS,
@@ -611,6 +613,7 @@ PATH_TO = {
     State.START: [],
     State.HELLO_SENT: [(C, T.HELLO)],
     State.IDLE: [(C, T.HELLO), (S, T.HELLO)],
+    State.EARLY_OPEN: [(C, T.HELLO), (C, T.OPEN_SESSION)],
     State.OPENING: [(C, T.HELLO), (S, T.HELLO), (C, T.OPEN_SESSION)],
     State.OPEN: [(C, T.HELLO), (S, T.HELLO), (C, T.OPEN_SESSION), (S, T.READY)],
     State.CLOSING: [(C, T.HELLO), (S, T.HELLO), (C, T.CLOSE_SESSION)],
@@ -652,6 +655,31 @@ def test_open_conversation(waits, end):
     for conn in (client, server):
         assert conn.receive_data(b"") == [] and conn.peer_eof
         assert conn.state in (State.OPEN, State.DONE)
+
+
+@pytest.mark.parametrize("waits", [0, 2])
+def test_open_pipelined_behind_hello(waits):
+    """OPEN_SESSION may go out right behind the client's HELLO; the booster's
+    HELLO then comes first, then WAIT and READY as usual."""
+    client, server = converse([(C, T.HELLO), (C, T.OPEN_SESSION), (S, T.HELLO)] + [(S, T.WAIT)] * waits
+                              + [(S, T.READY)])
+    assert client.state == server.state == State.OPEN
+    # Both frames in one write, as the invoker sends them.
+    client, server = p.Connection(C), p.Connection(S)
+    data = client.send(SAMPLE[T.HELLO]) + client.send(SAMPLE[T.OPEN_SESSION])
+    assert server.receive_data(data) == [SAMPLE[T.HELLO], SAMPLE[T.OPEN_SESSION]]
+    assert server.state == State.EARLY_OPEN
+    assert client.receive_data(server.send(SAMPLE[T.HELLO]) + server.send(SAMPLE[T.READY])) == [
+        SAMPLE[T.HELLO], SAMPLE[T.READY]]
+    assert client.state == server.state == State.OPEN
+
+
+def test_only_open_session_may_be_pipelined():
+    for type_ in (T.CLOSE_SESSION, T.STATUS_REQUEST, T.PREWARM, T.TERMINATE, T.LINGER):
+        with pytest.raises(LocalProtocolError):
+            connection_in(State.HELLO_SENT, C).send(SAMPLE[type_])
+        with pytest.raises(UnexpectedMessage):
+            connection_in(State.HELLO_SENT, S).receive_data(p.encode(SAMPLE[type_]))
 
 
 def test_close_conversation_and_a_crossing_end():
