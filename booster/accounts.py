@@ -17,7 +17,8 @@ import threading
 CACHE_TTL = 5.0        # seconds an answer is kept: a changed account shows within this
 LOOKUP_TIMEOUT = 10.0  # seconds one lookup may take before the request gets an error
 WORKERS = 4            # threads calling NSS at once
-MAX_PENDING = 32       # distinct lookups waiting at once; more are refused at once
+MAX_PENDING = 1024     # distinct lookups waiting at once, more are refused at once: a login storm
+                       # of new users is many; a stalled NSS is bounded by the connection limits too
 CACHE_SIZE = 1024
 
 

@@ -115,6 +115,11 @@ class Booster:
         self.cgroups = CgroupTree.discover(self.config.cgroup, self.config.state_dir)
         self.pool.cgroups = self.cgroups
         await self._clean_previous()
+        try:
+            self.backend.setup(self._state_fd, self.config.state_dir)
+        except OSError as exc:
+            raise StartupError(f"cannot write the {self.backend.name} backend's files in {self.config.state_dir}: "
+                               f"{exc.strerror or exc}") from None
         self.leaders = make_watcher(self.config.leader_watch, self.loop)
         self.reaper.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -252,18 +257,22 @@ class Booster:
             if os.path.lexists(path):
                 rundir.remove(path, uid)
                 removed.append(path)
-        self._remove_users_dir()
+        self._remove_generated()
         if old is not None or killed or removed:
             self._log.warning("cleaned up after a previous booster", previous_pid=old.get("pid") if old else None,
                               killed=killed, removed=removed)
         safefs.unlink_at(self._state_fd, STATE_FILE)
 
-    def _remove_users_dir(self) -> None:
-        path = os.path.join(self.config.state_dir, "users")
-        try:
-            safefs.remove_at(self._state_fd, "users", path)
-        except OSError as exc:
-            self._log.warning("cannot remove the users' directories", path=path, error=exc.strerror or str(exc))
+    def _remove_generated(self) -> None:
+        """The users' directories and what the backend shares among instances."""
+        for name in ("users", self.backend.shared_dir):
+            if name is None:
+                continue
+            path = os.path.join(self.config.state_dir, name)
+            try:
+                safefs.remove_at(self._state_fd, name, path)
+            except OSError as exc:
+                self._log.warning("cannot remove a generated directory", path=path, error=exc.strerror or str(exc))
 
     # --- state file ------------------------------------------------------------------
 
@@ -539,7 +548,7 @@ class Booster:
         self.reaper.stop()
         self._state_closed = True
         safefs.unlink_at(self._state_fd, STATE_FILE)
-        self._remove_users_dir()
+        self._remove_generated()
         if self.cgroups is not None:
             self.cgroups.remove(self.cgroups.base)
         self._release_lock()

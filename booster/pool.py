@@ -12,22 +12,32 @@ warm child costs what the interpreter needs at start-up, and starting one
 costs the booster's event loop a vfork, not a fork of its whole address space.
 It is still the booster's child: the booster reaps it, and its pid becomes the
 instance's pid.
+
+A login that finds the pool empty (``pool_size = 0``, or a login storm that
+drains it) does not wait for a fresh interpreter (about 11 ms of CPU each,
+which in a storm of a hundred logins is most of their cost): the booster
+forks, and the fork takes its order at once, becomes the instance and execs.
+A fork copies the booster's page tables (a millisecond or two in the loop),
+and its copy of the booster's memory lasts only until the exec.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import os
 import signal
 import socket
 import sys
 import time
 
+import _signal
+
 import booster
 from booster import cgroups, log
 from booster.reaper import ExitStatus, Reaper, start_time
-from booster.spawn import ORDER_FD
+from booster.spawn import EXIT_SETUP, ORDER_FD, reset_signals, warm_child_main
 
 _DEATHS_WINDOW = 10.0  # seconds; more than 3 * pool_size deaths in it pauses refilling
 _REFILL_PAUSE = 5.0
@@ -41,6 +51,9 @@ LAUNCHER = "import sys; sys.path.append(sys.argv[1]); from booster.spawn import 
 # Dispositions the booster may have set to "ignore" (Python ignores SIGPIPE and
 # SIGXFSZ) survive exec; caught ones are reset by exec itself.
 _DEFAULT_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
+# As plain numbers (_signal's own calls, not signal's, which make an enum of
+# each of the 64 twice per call): a fork blocks them all around itself.
+_ALL_SIGNALS = frozenset(int(sig) for sig in signal.valid_signals())
 
 
 class PoolError(Exception):
@@ -78,6 +91,37 @@ def start_child(booster_pid: int, cgroup_base: str | None = None, pam_service: s
     finally:
         theirs.close()
     return WarmChild(pid, ours, cgroups.instance_path(cgroup_base, pid) if cgroup_base else None)
+
+
+def fork_child(booster_pid: int, cgroup_base: str | None = None, pam_service: str = "") -> WarmChild:
+    """A child for a login now: a fork of the booster that runs the warm child's
+    program (``booster.spawn.warm_child_main``) without a new interpreter."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # Signals stay blocked across the fork: until the child has reset them, one
+    # of the booster's handlers would run there (and write to the booster's
+    # own signal pipe, which the child shares).
+    mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, _ALL_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _forked_child(theirs.fileno(), booster_pid, cgroup_base, pam_service)
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
+        theirs.close()
+    return WarmChild(pid, ours, cgroups.instance_path(cgroup_base, pid) if cgroup_base else None)
+
+
+def _forked_child(order_fd: int, booster_pid: int, cgroup_base: str | None, pam_service: str):
+    try:
+        # Nothing inherited from the booster may be finalized here: a collected
+        # socket would close a descriptor number the child reuses.
+        gc.disable()
+        reset_signals()
+        os.dup2(order_fd, ORDER_FD)
+    except BaseException:  # noqa: BLE001 - nothing may unwind into the booster's frames
+        os._exit(EXIT_SETUP)
+    warm_child_main([str(booster_pid), cgroup_base or "", pam_service])
+    os._exit(EXIT_SETUP)  # warm_child_main execs or exits; never here
 
 
 class WarmPool:
@@ -148,7 +192,7 @@ class WarmPool:
             child = self._ready.popleft()
             self._on_change()
         else:
-            child = self._start()
+            child = fork_child(os.getpid(), self.cgroups.base if self.cgroups else None, self.pam_service)
         self._schedule_refill(REFILL_DELAY)
         return child
 

@@ -418,10 +418,11 @@ class UserInstance:
         """Once per lifecycle: the booster's directory for the user and the
         runtime directory."""
         account, config = self.account, self.config
-        try:
-            os.close(safefs.open_dir(self.user_dir, create_mode=0o755))
-        except OSError as exc:
-            raise StartFailed(f"cannot create {self.user_dir}: {exc.strerror or exc}", final=True) from None
+        if self.booster.backend.needs_user_dir:
+            try:
+                os.close(safefs.open_dir(self.user_dir, create_mode=0o755))
+            except OSError as exc:
+                raise StartFailed(f"cannot create {self.user_dir}: {exc.strerror or exc}", final=True) from None
         self.runtime_dir = self.managed_rundir = None
         if self._runtime_hint:
             # The PAM environment is partly the user's (~/.pam_environment): the
@@ -668,7 +669,7 @@ class UserInstance:
             self._log.info("stopping instance", pid=self.process.pid)
             await self._stop_and_clear()
         # Each step on its own: one that fails must not keep the others from running.
-        steps = [("user directory", rundir.remove, self.user_dir, 0)]
+        steps = [("user directory", rundir.remove, self.user_dir, 0)] if self.booster.backend.needs_user_dir else []
         if self.managed_rundir:
             steps.insert(0, ("runtime directory", rundir.remove, self.managed_rundir, self.account.uid))
         for what, step, *args in steps:

@@ -56,18 +56,28 @@ class Launch(abc.ABC):
 
 
 class Backend(abc.ABC):
-    """A service manager.  What ``prepare`` writes lives in the user's booster
-    directory, which the booster removes as a whole after the instance stops."""
+    """A service manager.  What ``prepare`` writes for one instance lives in the
+    user's booster directory, which the booster removes as a whole after the
+    instance stops; what every instance shares, ``setup`` writes once, in
+    ``shared_dir`` below the state directory."""
 
     name: str
     stop_signal: int  # asks the instance to stop its services and exit; also its parent-death signal
     # Seconds between repeats of the stop signal, for a manager that may miss
     # one (None: once is enough).
     stop_repeat: float | None = None
+    # Whether an instance needs a directory of its own (state_dir/users/UID).
+    needs_user_dir: bool = True
+    # The directory of state_dir that ``setup`` writes, removed when the booster stops.
+    shared_dir: str | None = None
 
     @abc.abstractmethod
     def check(self) -> None:
         """Raise BackendError when this backend cannot run here (called at startup)."""
+
+    def setup(self, state_fd: int, state_dir: str) -> None:
+        """At startup, once: write what every instance shares (``state_fd`` is the
+        state directory, checked to be root's)."""
 
     @abc.abstractmethod
     def prepare(self, spec: InstanceSpec) -> Launch:
