@@ -111,7 +111,7 @@ def pam_lines(socket: str, mode: str, prewarm: bool) -> str:
     module = f"{PAM_PYTHON_SO} {os.path.join(package, 'pam_module.py')}{python_args}"
     out = ["# dinit-booster PAM lines for this installation (printed by 'invoker pam-lines').",
            "# Add them after the other lines of their type in the PAM services whose logins",
-           "# should get an instance (/etc/pam.d/common-session and common-account for all).",
+           "# should get an instance (/etc/pam.d/common-session for all of them).",
            "# 'optional': a booster that is down never blocks a login (add --required or",
            "# required to the arguments, and use 'required', to refuse logins without one)."]
     if mode in ("exec", "all"):
@@ -132,6 +132,10 @@ def pam_lines(socket: str, mode: str, prewarm: bool) -> str:
         if prewarm:
             out += ["# Pre-warm: start the instance in the account phase (in-process: nearly free).",
                     f"account optional {module}"]
+    if prewarm:
+        out += ["",
+                "# The account lines belong in the login services only (sshd, login, a display",
+                "# manager), not in common-account: cron and sudo run the account phase too."]
     return "\n".join(out) + "\n"
 
 
