@@ -18,7 +18,10 @@ drains it) does not wait for a fresh interpreter (about 11 ms of CPU each,
 which in a storm of a hundred logins is most of their cost): the booster
 forks, and the fork takes its order at once, becomes the instance and execs.
 A fork copies the booster's page tables (a millisecond or two in the loop),
-and its copy of the booster's memory lasts only until the exec.
+and its copy of the booster's memory lasts only until the exec.  With an
+``instance_pam_service`` it would not: the child forks the process that holds
+the instance's PAM session, which lives as long as the instance, so there an
+empty pool starts a fresh interpreter for the login too.
 """
 
 from __future__ import annotations
@@ -191,6 +194,8 @@ class WarmPool:
         if self._ready:
             child = self._ready.popleft()
             self._on_change()
+        elif self.pam_service:
+            child = self._start()  # its PAM closer would keep a fork's copy of the booster
         else:
             child = fork_child(os.getpid(), self.cgroups.base if self.cgroups else None, self.pam_service)
         self._schedule_refill(REFILL_DELAY)

@@ -131,6 +131,21 @@ def test_instance_runs_in_a_pam_session_of_its_own(booster_factory, backend, use
         assert "processes left in the instance's cgroup" not in log and "pam_close_session" not in log, log
 
 
+def test_an_empty_pool_leaves_no_copy_of_the_booster_in_the_closer(booster_factory, backend, user):
+    """The closer lives as long as the instance: it is never a fork of the
+    booster (whose heap it would keep), even when the pool is empty."""
+    def mapped(pid: int) -> str:
+        with open(f"/proc/{pid}/maps") as fh:
+            return fh.read()
+
+    with instance_service(user) as (svc, _):
+        b = booster_factory(backend, instance_pam_service=svc, pool_size=0)
+        assert "_asyncio" in mapped(b.pid)  # what only the booster's own interpreter loads
+        with logged_in(b, user):
+            closer = closer_of(instance_of(b, user.name))
+            assert "_asyncio" not in mapped(closer.pid), closer
+
+
 def test_a_failing_pam_open_refuses_the_start_and_is_not_retried(booster_factory, backend, user):
     with instance_service(user, "session required pam_exec.so /bin/false") as (svc, recorder):
         b = booster_factory(backend, instance_pam_service=svc, restart_limit=5)
