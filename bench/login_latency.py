@@ -19,7 +19,11 @@ that ratios between them hold on a noisy machine.  Three tables:
    library in-process, against ``dinit --user`` spawned directly (with the
    same generated ``boot``) until ``boot`` has started.
 3. **Pool and backends**: cold connect → READY with ``pool_size = 2`` and
-   ``0``, for dinit and runit, and a runit logout until the instance is gone.
+   ``0``, for dinit and runit, and a runit logout until the instance is gone
+   (at once, and once the services have run for a second).
+
+Each cold login of tables 2 and 3 starts with the warm pool full and its
+children waiting (the pool refills after a login has gone by).
 
     sudo .venv/bin/python bench/login_latency.py [--rounds 30] [--gap-ms 20] [--only pam|booster|pool]
 """
@@ -84,9 +88,34 @@ def hold(b: harness.BoosterProc, user: str) -> Client:
     return client
 
 
+def wait_pool_warm(b: harness.BoosterProc) -> None:
+    """Until every warm child of ``b`` has finished starting and waits for its
+    order (its name set, asleep, in its own cgroup when there are cgroups), as
+    on a machine where the last login was not a moment ago.  Logins that follow
+    each other closely are bench/storm.py's subject."""
+    size = b.config.get("pool_size", 2)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = b.state_file()
+        if len(state["warm"]) == size and all(_waiting(e["pid"], state["cgroup"]) for e in state["warm"]):
+            return
+    raise RuntimeError("the warm pool did not fill in 10 s")
+
+
+def _waiting(pid: int, cgroup: str | None) -> bool:
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        groups = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
+    return comm == "booster-warm" and state == "S" and (not cgroup or f"/instance-{pid}\n" in groups)
+
+
 def cold_open(b: harness.BoosterProc, user: str) -> float:
-    """Seconds from connect to READY for a user without an instance; the
-    instance is then let go and waited for (untimed)."""
+    """Seconds from connect to READY for a user without an instance, the warm
+    pool full; the instance is then let go and waited for (untimed)."""
+    wait_pool_warm(b)
     started = time.perf_counter()
     client = Client(b.socket, "bench").connect(timeout=1.0)
     client.open_session(user, leader_pid=os.getpid(), flags=p.OpenFlags.KEEP_CONNECTION)
@@ -96,10 +125,12 @@ def cold_open(b: harness.BoosterProc, user: str) -> float:
     return elapsed
 
 
-def logout_gone(b: harness.BoosterProc, user: str) -> float:
-    """Seconds from the session's end (the holder's disconnect) until the
-    booster is done with the instance (stopped, cleaned up, forgotten)."""
+def logout_gone(b: harness.BoosterProc, user: str, after: float = 0.0) -> float:
+    """Seconds from the session's end (the holder's disconnect), ``after``
+    seconds past READY, until the booster is done with the instance (stopped,
+    cleaned up, forgotten)."""
     client = hold(b, user)
+    time.sleep(after)
     started = time.perf_counter()
     client.disconnect()
     wait_user(b, user, False)
@@ -163,16 +194,17 @@ def build_timer(work: str) -> str:
     return out
 
 
-def timed_calls(timer: str, service: str, user: str, gap: float | None = None) -> tuple[float, float]:
-    """(seconds in pam_open_session, seconds in pam_close_session + pam_end) of
-    one session, from inside the application; with ``gap``, after
-    pam_acct_mgmt and a pause in the same handle."""
+def timed_calls(timer: str, service: str, user: str, gap: float | None = None) -> tuple[float, float, float]:
+    """(seconds in pam_open_session, in pam_close_session + pam_end, in
+    pam_acct_mgmt) of one session, from inside the application; with ``gap``,
+    the open comes after pam_acct_mgmt and a pause in the same handle (else the
+    last figure is 0)."""
     argv = [timer, service, user] + ([str(round(gap * 1000))] if gap is not None else [])
     out = subprocess.run(argv, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"pam_timer {service} {user}: {out.stderr.strip()}")
-    open_us, close_us = (int(v) for v in out.stdout.split())
-    return open_us / 1e6, close_us / 1e6
+    open_us, close_us, acct_us = (int(v) for v in out.stdout.split())
+    return open_us / 1e6, close_us / 1e6, acct_us / 1e6
 
 
 def pam_table(rounds: int, gap: float) -> list[dict]:
@@ -210,8 +242,11 @@ def pam_table(rounds: int, gap: float) -> list[dict]:
                 wait_user(b, cold.name, False)  # pamtester exited: the booster ends the session
                 return elapsed
 
+            accounts = {"exec": [], "python": []}  # pam_acct_mgmt of the pre-warmed logins
+
             def prewarmed_open(name: str) -> float:
-                opened, _ = timed_calls(timer, svc[name], cold.name, gap)
+                opened, _, account = timed_calls(timer, svc[name], cold.name, gap)
+                accounts[name].append(account)
                 wait_user(b, cold.name, False)
                 return opened
 
@@ -244,12 +279,16 @@ def pam_table(rounds: int, gap: float) -> list[dict]:
                     warm_open_after_account("python"),
                 ("pam_python", f"cold, pre-warmed {gap * 1000:g} ms before", "pam_open_session"): lambda:
                     prewarmed_open("python"),
+                ("floor", "pam_python module doing nothing", "pam_acct_mgmt"): lambda: timed_calls(
+                    timer, svc["floor python"], warm.name, gap)[2],
                 ("floor", "no line of ours (pam_permit)", "close + end"): lambda: close_of("none"),
                 ("floor", "pam_python module doing nothing", "close + end"): lambda: close_of("floor python"),
                 ("pam_exec", "warm", "close + end"): lambda: close_of("exec"),
                 ("pam_python", "warm", "close + end"): lambda: close_of("python"),
             }
             got = measure(cases, rounds)
+            for name, mode in (("exec", "pam_exec"), ("python", "pam_python")):
+                got[(mode, "pre-warm of a cold user", "pam_acct_mgmt")] = benchlib.summary(accounts[name][1:])
             for client in holders:
                 client.disconnect()
             holders.clear()
@@ -264,10 +303,30 @@ def pam_table(rounds: int, gap: float) -> list[dict]:
             for (mode, case, ops), stats in got.items()]
 
 
+def _median(rows: list[dict], mode: str, case: str, ops: str) -> float:
+    return next(r["median_ms"] for r in rows if (r["mode"], r["case"], r["ops"]) == (mode, case, ops))
+
+
+def prewarm_balance(rows: list[dict]) -> list[dict]:
+    """For each PAM mode: what its pre-warm line adds to the account phase (over
+    the module doing nothing, for pam_python; all of it, for pam_exec) against
+    what a cold login with no autostart service costs over a warm one, which is
+    the most a pre-warm can save when the services start at once."""
+    out = []
+    for mode, floor in (("pam_exec", 0.0),
+                        ("pam_python", _median(rows, "floor", "pam_python module doing nothing", "pam_acct_mgmt"))):
+        cost = _median(rows, mode, "pre-warm of a cold user", "pam_acct_mgmt") - floor
+        saves = (_median(rows, mode, "cold, 0 autostart services", "pamtester open")
+                 - _median(rows, mode, "warm", "pamtester open"))
+        out.append({"mode": mode, "account_phase_ms": round(cost, 3), "cold_over_warm_ms": round(saves, 3),
+                    "pays": saves > cost})
+    return out
+
+
 def pam_targets(rows: list[dict]) -> list[tuple[str, float, float, bool]]:
     """(target, measured, limit, met) for the PAM-time targets."""
     def med(mode, case, ops):
-        return next(r["median_ms"] for r in rows if (r["mode"], r["case"], r["ops"]) == (mode, case, ops))
+        return _median(rows, mode, case, ops)
 
     prewarmed = next(r["case"] for r in rows if r["case"].startswith("cold, pre-warmed"))
     warm_after = next(r["case"] for r in rows if r["case"].startswith("warm, account phase"))
@@ -318,7 +377,11 @@ def pool_table(rounds: int, backends: list[str]) -> list[dict]:
                 cases = {"cold connect -> READY, pool_size = 2": lambda: cold_open(pooled, u_pool.name),
                          "cold connect -> READY, pool_size = 0": lambda: cold_open(unpooled, u_cold.name)}
                 if backend == "runit":
-                    cases["logout -> instance gone"] = lambda: logout_gone(pooled, u_pool.name)
+                    # runsv sleeps out the first second of a service that exits
+                    # sooner (its restart throttle), even when told to stop.
+                    cases["logout at once -> instance gone"] = lambda: logout_gone(pooled, u_pool.name)
+                    cases["logout 1.1 s after READY -> instance gone"] = \
+                        lambda: logout_gone(pooled, u_pool.name, after=1.1)
                 got = measure(cases, rounds)
                 harness.wait_gone(u_pool.uid)
                 harness.wait_gone(u_cold.uid)
@@ -352,7 +415,14 @@ def main() -> int:
         print("\ntargets:")
         for name, value, limit, met in targets:
             print(f"  {name}: {value:.2f} (target <= {limit:g}) {'met' if met else 'NOT MET'}")
+        balance = prewarm_balance(rows)
+        print("\npre-warm, when the services start at once:")
+        for row in balance:
+            print(f"  {row['mode']}: adds {row['account_phase_ms']:.2f} ms to the account phase, a cold login "
+                  f"costs {row['cold_over_warm_ms']:.2f} ms over a warm one: "
+                  f"{'pays' if row['pays'] else 'does not pay'}")
         result["pam"] = rows
+        result["prewarm_balance"] = balance
         result["pam_targets"] = [{"target": n, "value": round(v, 3), "limit": lim, "met": met}
                                  for n, v, lim, met in targets]
     if args.only in (None, "booster"):

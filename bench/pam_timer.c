@@ -6,7 +6,8 @@
  * (sshd spends time between its account and session phases); then
  * pam_open_session, and pam_close_session followed by pam_end (what a logout
  * costs the application before it exits).  Prints the microseconds of the
- * open, and of the close with the end, on one line.  bench/login_latency.py
+ * open, of the close with the end, and of pam_acct_mgmt (0 without GAP_MS),
+ * on one line.  bench/login_latency.py
  * builds and runs it: a Python PAM client cannot host pam_python.
  */
 #include <security/pam_appl.h>
@@ -41,12 +42,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "pam_start: %d\n", rc);
         return 1;
     }
+    long long acct = 0;
     if (argc == 4) {
         struct timespec gap = { 0, atol(argv[3]) * 1000000L };
+        long long ta = now_us();
         if ((rc = pam_acct_mgmt(pamh, 0)) != PAM_SUCCESS) {
             fprintf(stderr, "pam_acct_mgmt: %s\n", pam_strerror(pamh, rc));
             return 1;
         }
+        acct = now_us() - ta;
         nanosleep(&gap, NULL);
     }
     long long t0 = now_us();
@@ -62,6 +66,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "pam_close_session: %d\n", rc);
         return 1;
     }
-    printf("%lld %lld\n", t1 - t0, t2 - t1);
+    printf("%lld %lld %lld\n", t1 - t0, t2 - t1, acct);
     return 0;
 }

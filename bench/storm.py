@@ -15,7 +15,7 @@ Each round, side by side (in a shuffled order):
 Measured: the time from the release until the last login (or spawn) is
 ready, and each login's own latency.  Meanwhile a probe asks the booster for
 its status every 20 ms: its answer time shows how long the event loop
-stalls (a refill forks warm children in the loop), its pool count how the
+stalls (a refill starts warm children from the loop), its pool count how the
 pool drains and refills.  Every login that fails is counted, by kind.
 
 Then, per pool size, an idle booster's whole pool is killed at once and
