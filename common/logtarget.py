@@ -35,12 +35,31 @@ def choose(requested: str = "auto", stream=None) -> str:
     return "syslog" if syslog_available() else "stderr"
 
 
+def _escaped(text: str) -> str:
+    """``text`` quoted, with backslashes, quotes and every character that is
+    not printable escaped: values come from users (PAM items, names), and a
+    raw ESC or CR must not reach a terminal or a log viewer."""
+    out = []
+    for c in text:
+        if c == "\\" or c == '"':
+            out.append("\\" + c)
+        elif c == "\n":
+            out.append("\\n")
+        elif c.isprintable():
+            out.append(c)
+        else:
+            code = ord(c)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'
+
+
 def format_fields(fields: dict) -> str:
-    """``key=value`` pairs, quoting values with spaces, for one-line messages."""
+    """``key=value`` pairs for one-line messages, quoting and escaping values
+    with spaces, quotes, ``=`` or characters that are not printable."""
     out = []
     for key, value in fields.items():
         text = str(value)
-        if not text or any(c in text for c in ' "=\n'):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        if not text or not text.isprintable() or any(c in text for c in ' "='):
+            text = _escaped(text)
         out.append(f"{key}={text}")
     return " ".join(out)

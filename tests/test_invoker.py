@@ -124,6 +124,18 @@ def test_calls_other_than_session_and_account_do_nothing(tmp_path, pam_type):
     assert out.returncode == 0 and "nothing to do" in out.stderr
 
 
+def test_what_users_control_reaches_the_log_escaped(tmp_path):
+    """PAM items and names come from users: no raw control byte in a log line."""
+    from common.logtarget import format_fields
+
+    assert format_fields({"a": "x y", "b": "\x1b[31m\r", "c": "plain", "d": 'q"\\\n', "e": "\u202e"}) == \
+        'a="x y" b="\\x1b[31m\\x0d" c=plain d="q\\"\\\\\\n" e="\\u202e"'
+    out = hook(str(tmp_path / "s"), "auth\x1b]0;owned\x07\r", "root")
+    assert out.returncode == 0 and "nothing to do" in out.stderr
+    assert "\x1b" not in out.stderr and "\r" not in out.stderr and "\x07" not in out.stderr, repr(out.stderr)
+    assert 'pam_type="auth\\x1b]0;owned\\x07\\x0d"' in out.stderr, out.stderr
+
+
 def test_pam_items_come_from_what_pam_exec_set_last(booster_factory, tmp_path):
     """pam_exec puts the PAM environment first and its own PAM_USER last: a
     PAM_USER that pam_env put into the PAM environment must not decide whose
