@@ -96,9 +96,11 @@ def start_child(booster_pid: int, cgroup_base: str | None = None, pam_service: s
     return WarmChild(pid, ours, cgroups.instance_path(cgroup_base, pid) if cgroup_base else None)
 
 
-def fork_child(booster_pid: int, cgroup_base: str | None = None, pam_service: str = "") -> WarmChild:
+def fork_child(booster_pid: int, cgroup_base: str | None = None) -> WarmChild:
     """A child for a login now: a fork of the booster that runs the warm child's
-    program (``booster.spawn.warm_child_main``) without a new interpreter."""
+    program (``booster.spawn.warm_child_main``) without a new interpreter.  Never
+    with an instance PAM service: the PAM session's closer, forked from the
+    child, would keep the fork's copy of the booster for the instance's life."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     # Signals stay blocked across the fork: until the child has reset them, one
     # of the booster's handlers would run there (and write to the booster's
@@ -107,14 +109,14 @@ def fork_child(booster_pid: int, cgroup_base: str | None = None, pam_service: st
     try:
         pid = os.fork()
         if pid == 0:
-            _forked_child(theirs.fileno(), booster_pid, cgroup_base, pam_service)
+            _forked_child(theirs.fileno(), booster_pid, cgroup_base)
     finally:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
         theirs.close()
     return WarmChild(pid, ours, cgroups.instance_path(cgroup_base, pid) if cgroup_base else None)
 
 
-def _forked_child(order_fd: int, booster_pid: int, cgroup_base: str | None, pam_service: str):
+def _forked_child(order_fd: int, booster_pid: int, cgroup_base: str | None):
     try:
         # Nothing inherited from the booster may be finalized here: a collected
         # socket would close a descriptor number the child reuses.
@@ -123,7 +125,7 @@ def _forked_child(order_fd: int, booster_pid: int, cgroup_base: str | None, pam_
         os.dup2(order_fd, ORDER_FD)
     except BaseException:  # noqa: BLE001 - nothing may unwind into the booster's frames
         os._exit(EXIT_SETUP)
-    warm_child_main([str(booster_pid), cgroup_base or "", pam_service])
+    warm_child_main([str(booster_pid), cgroup_base or "", ""])
     os._exit(EXIT_SETUP)  # warm_child_main execs or exits; never here
 
 
@@ -197,7 +199,7 @@ class WarmPool:
         elif self.pam_service:
             child = self._start()  # its PAM closer would keep a fork's copy of the booster
         else:
-            child = fork_child(os.getpid(), self.cgroups.base if self.cgroups else None, self.pam_service)
+            child = fork_child(os.getpid(), self.cgroups.base if self.cgroups else None)
         self._schedule_refill(REFILL_DELAY)
         return child
 
