@@ -28,6 +28,11 @@ def valid_name(name: str) -> bool:
     return bool(name) and not name.startswith((".", "-")) and "/" not in name and "\0" not in name
 
 
+def _is_record(st: os.stat_result) -> bool:
+    """A linger record: a regular file of root's (anything else there is not ours)."""
+    return stat.S_ISREG(st.st_mode) and st.st_uid == 0
+
+
 class LingerStore:
     def __init__(self, path: str) -> None:
         self.path = os.path.normpath(path)
@@ -56,7 +61,7 @@ class LingerStore:
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if valid_name(name) and stat.S_ISREG(st.st_mode) and st.st_uid == 0:
+                if valid_name(name) and _is_record(st):
                     found.add(name)
             return found
         finally:
@@ -74,7 +79,7 @@ class LingerStore:
                 return True
             except FileExistsError:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                if not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
+                if not _is_record(st):
                     raise LingerError(f"{self.path}/{name} exists and is not a file of root's") from None
                 return False
         finally:
