@@ -288,6 +288,7 @@ def pam_table(rounds: int, gap: float) -> list[dict]:
             }
             got = measure(cases, rounds)
             for name, mode in (("exec", "pam_exec"), ("python", "pam_python")):
+                # [1:]: measure() calls each case once untimed first
                 got[(mode, "pre-warm of a cold user", "pam_acct_mgmt")] = benchlib.summary(accounts[name][1:])
             for client in holders:
                 client.disconnect()
