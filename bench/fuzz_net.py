@@ -220,7 +220,7 @@ def run(seconds: float = 30.0, workers: int = 6, backend: str = "runit", seed: i
             # must still be possible to end, and end.
             for u in users:
                 for request in (p.Linger(user=u.name, enable=0), p.Terminate(user=u.name)):
-                    Client(b.socket, "fuzz-cleanup").connect(timeout=5).ask(type(request), *request.values(),
+                    Client(b.socket, "fuzz-cleanup").connect(timeout=5).ask(request.TYPE, *request.values(),
                                                                            timeout=30)
             pamkit.wait_for(lambda: query_status(b.socket)[0] == [], 30, desc="every fuzzed instance gone")
             for u in users:

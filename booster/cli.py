@@ -319,12 +319,13 @@ def _no_such_user(name: str) -> int:
 
 def _ask(args, socket: str, make, *fields, timeout: float):
     """Send one root-only request to the booster; returns the ACK, or the exit status."""
+    from common import protocol as p
     from invoker.client import Client, ClientError
 
     client = Client(socket, f"booster-{args.command}")
     try:
         client.connect(timeout=1.0)
-        return client.ask(make, *fields, timeout=timeout)
+        return p.Ack(*client.ask(make.TYPE, *fields, timeout=timeout))
     except ClientError as exc:
         return _client_failure(exc, args)
     finally:

@@ -356,9 +356,14 @@ class Booster:
         session.ready.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
         user.add_session(session)
         user.begin(req.runtime_dir, bool(req.flags & p.OpenFlags.NO_RUNDIR))
-        self._log.info("session opened", user=account.name, session=session.id, service=req.service,
-                       tty=req.tty, rhost=req.rhost, leader=leader, bound=session.bound)
         return session
+
+    def log_opened(self, session: Session) -> None:
+        """The log line of a session just opened (its opener says when: not
+        ahead of a warm login's READY)."""
+        self._log.info("session opened", user=session.user.account.name, session=session.id,
+                       service=session.service, tty=session.tty, rhost=session.rhost, leader=session.leader_pid,
+                       bound=session.bound)
 
     def find_session(self, req: p.CloseSession, peer_pid: int, hello: p.Hello) -> Session | None:
         if req.session_id:

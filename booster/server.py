@@ -27,7 +27,7 @@ from booster.accounts import LookupStalled, UnknownUser
 from booster.peers import PeerCred, identify_leader, peer_cred
 from booster.users import StartFailed
 from common import protocol as p
-from common.disconnect import disconnect_async
+from common.wire import disconnect_async
 
 AGENT = "booster/0.1"
 HANDSHAKE_TIMEOUT = 5.0   # seconds for a root peer's HELLO, and again for its request
@@ -326,6 +326,14 @@ class ClientConnection:
         except (OSError, asyncio.TimeoutError):
             raise _Gone() from None
 
+    def _end_sending(self) -> None:
+        """Shut down our write side ahead of the orderly disconnect (which
+        shuts it down again, harmlessly, and waits for the client's end-of-file)."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the client has gone: the disconnect finds out
+
     # --- the request ------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -400,10 +408,18 @@ class ClientConnection:
                                             self.cred.pid)
         self.session = session
         self._log = self._log.bind(user=account.name, session=session.id)
-        if not session.ready.done():
+        warm = session.ready.done()
+        if not warm:
             await self.send(p.Wait(session_id=session.id, timeout_ms=int(self.booster.config.login_timeout * 1000)))
+            self.booster.log_opened(session)
         env = await self._await_ready(session)
         await self.send(p.Ready(session_id=session.id, env=env))
+        if not keep:
+            # The exchange is over: the client's orderly disconnect finds our
+            # end-of-file at once instead of waiting for what follows here.
+            self._end_sending()
+        if warm:
+            self.booster.log_opened(session)
         self._log.info("session ready", leader=session.leader_pid, bound=keep)
         if keep:
             await self._carry(session)

@@ -1,45 +1,20 @@
-"""The booster wire protocol: frames, messages and connection states. No I/O.
+"""The booster protocol as the booster uses it: message types, errors,
+connection states.  No I/O.
 
-Bytes go in, messages come out; messages go in, bytes come out.  Both the
-booster and the invoker use this module, so the format is written once.
+The wire format itself (frames, field encodings, every message's fields,
+the codes they carry) is written once, in ``common.wire``, whose import costs
+a login next to nothing; this module gives it the booster's richer forms:
+a checked, immutable class per message, a class per kind of code, an
+exception class per kind of error, and the state table both roles follow.
 
-Every frame is an 8-byte header followed by its payload::
-
-      0       1       2       3       4       5       6       7
-  +-------+-------+-------+-------+-------+-------+-------+-------+
-  |  'D'  |  'B'  |version| type  |   payload length (u32, BE)    |
-  +-------+-------+-------+-------+-------+-------+-------+-------+
-  |           payload: the message's fields, in order             |
-  +---------------------------------------------------------------+
-
-Field encodings (all integers big-endian, never native sizes):
-
-* ``u8 u16 u32 u64``: unsigned integers of 1, 2, 4, 8 bytes; ``i32`` signed.
-* ``str``: u16 byte count, then that many bytes of UTF-8; no NUL; each field
-  has its own limit (``Str(limit)`` below).
-* ``env``: u16 entry count (at most ``MAX_ENV_ENTRIES``), then per entry a
-  key ``str`` (1..255 bytes, no ``=``) and a value ``str`` (up to 4095 bytes).
-
-A payload must be exactly as long as its fields; ``MAX_PAYLOAD`` bounds it.
+Bytes go in, messages come out; messages go in, bytes come out.
 ``docs/protocol.md`` describes every message byte by byte.
-
-Every login imports this module (the pam_exec hook and the pam_python module
-run it), so it costs what ``_struct`` costs and no more: messages are plain
-slotted classes, the code tables plain classes of integer constants; no
-``dataclasses``, ``enum`` or ``typing``.
 """
 
-from _struct import Struct  # struct's own core: struct.py adds nothing used here
-
-MAGIC = b"DB"
-VERSION = 2
-HEADER = Struct(">2sBBI")
-HEADER_SIZE = HEADER.size
-MAX_FRAME = 65536
-MAX_PAYLOAD = MAX_FRAME - HEADER_SIZE
-MAX_ENV_ENTRIES = 64
-ENV_KEY_LIMIT = 255
-ENV_VALUE_LIMIT = 4095
+from common import wire
+from common.wire import (  # noqa: F401 - the format's constants, by their names here too
+    ENV_KEY_LIMIT, ENV_VALUE_LIMIT, HEADER, HEADER_SIZE, MAGIC, MAX_ENV_ENTRIES, MAX_FRAME, MAX_PAYLOAD, VERSION,
+)
 
 
 class _Codes:
@@ -57,70 +32,19 @@ class _Codes:
         return sorted(val for key, val in vars(cls).items() if key.isupper())
 
 
-class ErrorCode(_Codes):
-    """Reason codes carried by ERROR frames (u16)."""
-
-    MALFORMED = 1            # the frame could not be decoded
-    UNSUPPORTED_VERSION = 2
-    UNEXPECTED_MESSAGE = 3   # legal frame, wrong moment
-    NOT_PERMITTED = 4        # the peer's credentials do not allow this
-    UNKNOWN_USER = 5
-    START_FAILED = 6         # the user's instance could not be started
-    TIMEOUT = 7              # the instance was not ready within login_timeout
-    NO_SUCH_SESSION = 8
-    SHUTTING_DOWN = 9
-    INTERNAL = 10
-    LIMIT_REACHED = 11       # too many connections or sessions
-    LEADER_UNKNOWN = 12      # the session leader process cannot be identified
+def _codes(name: str, prefix: str, doc: str) -> type:
+    """The class of the codes ``common.wire`` defines under ``prefix``."""
+    members = {key[len(prefix):]: val for key, val in vars(wire).items()
+               if key.startswith(prefix) and key.isupper()}
+    return type(name, (_Codes,), {"__doc__": doc, "__module__": __name__, **members})
 
 
-class EndReason(_Codes):
-    """Why the booster ended a session that was bound to a connection (u16)."""
-
-    CLOSED = 1           # closed by a close-session request on another connection
-    LEADER_EXITED = 2    # the PAM application process died
-    INSTANCE_FAILED = 3  # the user's instance failed for good
-    SHUTDOWN = 4         # the booster is stopping
-    TERMINATED = 5       # root asked the booster to end all of the user's sessions
-
-
-class OpenFlags(_Codes):
-    """Flags of OPEN_SESSION (u32)."""
-
-    KEEP_CONNECTION = 1  # the connection carries the session: its EOF ends it
-    NO_RUNDIR = 2        # do not manage the runtime directory for this login
-    KEEP_IF_UNSEEN = 4   # KEEP_CONNECTION if the booster cannot see the client's process
-
-
-class HelloFlags(_Codes):
-    """Flags of the booster's HELLO (u32)."""
-
-    PEER_VISIBLE = 1  # the booster can see the client's process (same or child PID namespace)
-
-
-class StatusFlags(_Codes):
-    """Flags of STATUS_ENTRY (u32)."""
-
-    LINGER = 1     # the instance stays without sessions (booster linger)
-    PREWARMED = 2  # started by a pre-warm that no session has claimed yet
-
-
-class MessageType(_Codes):
-    HELLO = 1
-    OPEN_SESSION = 2
-    WAIT = 3
-    READY = 4
-    ERROR = 5
-    CLOSE_SESSION = 6
-    CLOSED = 7
-    ENDED = 8
-    STATUS_REQUEST = 9
-    STATUS_ENTRY = 10
-    STATUS_END = 11
-    PREWARM = 12
-    TERMINATE = 13
-    LINGER = 14
-    ACK = 15
+ErrorCode = _codes("ErrorCode", "ERR_", "Reason codes carried by ERROR frames (u16).")
+EndReason = _codes("EndReason", "END_", "Why the booster ended a session that was bound to a connection (u16).")
+OpenFlags = _codes("OpenFlags", "OPEN_", "Flags of OPEN_SESSION (u32).")
+HelloFlags = _codes("HelloFlags", "HELLO_", "Flags of the booster's HELLO (u32).")
+StatusFlags = _codes("StatusFlags", "STATUS_", "Flags of STATUS_ENTRY (u32).")
+MessageType = _codes("MessageType", "MSG_", "Message types: the header's type byte.")
 
 
 # --- errors -------------------------------------------------------------------
@@ -176,126 +100,13 @@ class UnexpectedMessage(RemoteProtocolError):
     code = ErrorCode.UNEXPECTED_MESSAGE
 
 
-# --- field kinds ----------------------------------------------------------------
+_ERRORS = {cls.__name__: cls for cls in (LocalProtocolError, BadMagic, UnsupportedVersion, FrameTooLarge,
+                                         UnknownMessageType, MalformedPayload, InvalidString, FieldTooLong)}
 
 
-class _Int:
-    __slots__ = ("struct", "lo", "hi")
-
-    def __init__(self, fmt: str, signed: bool = False):
-        self.struct = Struct(">" + fmt)
-        bits = self.struct.size * 8
-        self.lo = -(1 << (bits - 1)) if signed else 0
-        self.hi = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
-
-    def check(self, name: str, value) -> None:
-        if type(value) is not int or not self.lo <= value <= self.hi:  # bool is not an int here
-            raise LocalProtocolError(f"field {name!r}: {value!r} is not an integer in [{self.lo}, {self.hi}]")
-
-    def encode(self, value: int, out: bytearray) -> None:
-        out += self.struct.pack(value)
-
-    def decode(self, name: str, buf: memoryview, pos: int):
-        end = pos + self.struct.size
-        if end > len(buf):
-            raise MalformedPayload(f"payload too short for field {name!r}")
-        return self.struct.unpack_from(buf, pos)[0], end
-
-
-U8, U16, U32, U64, I32 = _Int("B"), _Int("H"), _Int("I"), _Int("Q"), _Int("i", signed=True)
-_LEN = Struct(">H")
-
-
-class Str:
-    """A length-prefixed UTF-8 string of at most ``limit`` bytes."""
-
-    __slots__ = ("limit",)
-
-    def __init__(self, limit: int):
-        self.limit = limit
-
-    def check(self, name: str, value) -> None:
-        if not isinstance(value, str):
-            raise LocalProtocolError(f"field {name!r}: {value!r} is not a string")
-        if "\0" in value:
-            raise LocalProtocolError(f"field {name!r}: NUL in string")
-        try:
-            size = len(value.encode("utf-8"))
-        except UnicodeEncodeError as exc:
-            raise LocalProtocolError(f"field {name!r}: not encodable as UTF-8: {exc}") from None
-        if size > self.limit:
-            raise LocalProtocolError(f"field {name!r}: {size} bytes, limit {self.limit}")
-
-    def encode(self, value: str, out: bytearray) -> None:
-        raw = value.encode("utf-8")
-        out += _LEN.pack(len(raw))
-        out += raw
-
-    def decode(self, name: str, buf: memoryview, pos: int):
-        if pos + 2 > len(buf):
-            raise MalformedPayload(f"payload too short for field {name!r}")
-        (size,) = _LEN.unpack_from(buf, pos)
-        if size > self.limit:
-            raise FieldTooLong(f"field {name!r}: {size} bytes, limit {self.limit}")
-        end = pos + 2 + size
-        if end > len(buf):
-            raise MalformedPayload(f"payload too short for field {name!r}")
-        raw = bytes(buf[pos + 2:end])
-        if b"\0" in raw:
-            raise InvalidString(f"field {name!r}: NUL in string")
-        try:
-            return raw.decode("utf-8"), end
-        except UnicodeDecodeError as exc:
-            raise InvalidString(f"field {name!r}: invalid UTF-8 ({exc.reason})") from None
-
-
-_ENV_KEY, _ENV_VALUE = Str(ENV_KEY_LIMIT), Str(ENV_VALUE_LIMIT)
-
-
-class Env:
-    """A tuple of (key, value) environment entries."""
-
-    __slots__ = ()
-
-    def check(self, name: str, value) -> None:
-        if not isinstance(value, tuple):
-            raise LocalProtocolError(f"field {name!r}: environment must be a tuple of pairs")
-        if len(value) > MAX_ENV_ENTRIES:
-            raise LocalProtocolError(f"field {name!r}: {len(value)} entries, limit {MAX_ENV_ENTRIES}")
-        for entry in value:
-            if not (isinstance(entry, tuple) and len(entry) == 2):
-                raise LocalProtocolError(f"field {name!r}: entry {entry!r} is not a (key, value) pair")
-            key, val = entry
-            _ENV_KEY.check(name + ".key", key)
-            _ENV_VALUE.check(name + ".value", val)
-            if not key or "=" in key:
-                raise LocalProtocolError(f"field {name!r}: bad key {key!r}")
-
-    def encode(self, value, out: bytearray) -> None:
-        out += _LEN.pack(len(value))
-        for key, val in value:
-            _ENV_KEY.encode(key, out)
-            _ENV_VALUE.encode(val, out)
-
-    def decode(self, name: str, buf: memoryview, pos: int):
-        if pos + 2 > len(buf):
-            raise MalformedPayload(f"payload too short for field {name!r}")
-        (count,) = _LEN.unpack_from(buf, pos)
-        if count > MAX_ENV_ENTRIES:
-            raise FieldTooLong(f"field {name!r}: {count} entries, limit {MAX_ENV_ENTRIES}")
-        pos += 2
-        entries = []
-        for _ in range(count):
-            key, pos = _ENV_KEY.decode(name + ".key", buf, pos)
-            val, pos = _ENV_VALUE.decode(name + ".value", buf, pos)
-            if not key or "=" in key:
-                raise MalformedPayload(f"field {name!r}: bad key {key!r}")
-            entries.append((key, val))
-        return tuple(entries), pos
-
-
-ENV = Env()
-_REQUIRED = object()
+def _error(exc: wire.WireError) -> ProtocolError:
+    """The error class ``exc`` names, for raising ``from None``."""
+    return _ERRORS[exc.kind](str(exc))
 
 
 # --- messages -------------------------------------------------------------------
@@ -304,9 +115,9 @@ _REQUIRED = object()
 class Message:
     """Base of all messages: immutable, slotted, and checked when made.
 
-    A subclass lists its fields once, in wire order, in ``FIELDS`` as
-    ``(name, kind, default)`` (``_REQUIRED`` for no default); its slots are
-    those names."""
+    A subclass's ``FIELDS`` are its message type's in ``common.wire``, as
+    ``(name, kind, default)`` in wire order (``wire.REQUIRED`` for no
+    default); its slots are those names."""
 
     __slots__ = ()
     TYPE = 0
@@ -323,11 +134,14 @@ class Message:
                 value = args[i]
             elif name in kwargs:
                 value = kwargs.pop(name)
-            elif default is not _REQUIRED:
+            elif default is not wire.REQUIRED:
                 value = default
             else:
                 raise TypeError(f"{type(self).__name__}: field {name!r} missing")
-            kind.check(name, value)
+            try:
+                wire.check(name, kind, value)
+            except wire.WireError as exc:
+                raise _error(exc) from None
             object.__setattr__(self, name, value)
         if kwargs:
             raise TypeError(f"{type(self).__name__}: no field {next(iter(kwargs))!r}")
@@ -354,151 +168,35 @@ class Message:
         return f"{type(self).__name__}({inner})"
 
 
-def _slots(fields) -> tuple:
-    return tuple(name for name, _, _ in fields)
+def _message(name: str, type_: int, doc: str) -> type:
+    fields = wire.FIELDS[type_]
+    return type(name, (Message,), {"__doc__": doc, "__module__": __name__, "TYPE": type_, "FIELDS": fields,
+                                   "__slots__": tuple(field for field, _, _ in fields)})
 
 
-class Hello(Message):
-    """First frame each way.  ``pid`` and ``pidns`` (the inode of the sender's
-    PID namespace) are as the sender sees them; the booster's ``flags`` say
-    whether it can see the client's process (``HelloFlags``)."""
-
-    TYPE = MessageType.HELLO
-    FIELDS = (("pid", U32, _REQUIRED), ("pidns", U64, _REQUIRED), ("flags", U32, _REQUIRED),
-              ("agent", Str(64), _REQUIRED))
-    __slots__ = _slots(FIELDS)
-
-
-class OpenSession(Message):
-    """Open a session for ``user``.  ``leader_pid`` is the PAM application's pid as
-    the client sees it; ``runtime_dir`` is ``XDG_RUNTIME_DIR`` if an earlier PAM
-    module set it, else empty (a hint the booster checks)."""
-
-    TYPE = MessageType.OPEN_SESSION
-    FIELDS = (("user", Str(256), _REQUIRED), ("service", Str(256), ""), ("tty", Str(256), ""),
-              ("rhost", Str(1024), ""), ("ruser", Str(256), ""), ("leader_pid", U32, 0), ("flags", U32, 0),
-              ("runtime_dir", Str(4095), ""))
-    __slots__ = _slots(FIELDS)
-
-
-class Wait(Message):
-    """The session is accepted and its instance is starting; READY or ERROR follows
-    within ``timeout_ms``."""
-
-    TYPE = MessageType.WAIT
-    FIELDS = (("session_id", U64, _REQUIRED), ("timeout_ms", U32, _REQUIRED))
-    __slots__ = _slots(FIELDS)
-
-
-class Ready(Message):
-    """The user's instance is ready; ``env`` is what the login should export."""
-
-    TYPE = MessageType.READY
-    FIELDS = (("session_id", U64, _REQUIRED), ("env", ENV, ()))
-    __slots__ = _slots(FIELDS)
-
-
-class Error(Message):
-    TYPE = MessageType.ERROR
-    FIELDS = (("code", U16, _REQUIRED), ("text", Str(1024), _REQUIRED))
-    __slots__ = _slots(FIELDS)
-
-
-class CloseSession(Message):
-    """Close a session: by ``session_id`` when known, else the session of ``user``
-    whose leader is ``leader_pid`` (as the client sees it)."""
-
-    TYPE = MessageType.CLOSE_SESSION
-    FIELDS = (("session_id", U64, 0), ("user", Str(256), ""), ("leader_pid", U32, 0))
-    __slots__ = _slots(FIELDS)
-
-
-class Closed(Message):
-    TYPE = MessageType.CLOSED
-    FIELDS = (("session_id", U64, _REQUIRED),)
-    __slots__ = _slots(FIELDS)
-
-
-class Ended(Message):
-    """The booster ended a connection-bound session.  When the instance failed,
-    ``exit_status`` is its exit code (or -1) and ``signal`` the signal that killed
-    it (or 0)."""
-
-    TYPE = MessageType.ENDED
-    FIELDS = (("session_id", U64, _REQUIRED), ("reason", U16, _REQUIRED), ("exit_status", I32, -1),
-              ("signal", U8, 0), ("text", Str(1024), ""))
-    __slots__ = _slots(FIELDS)
-
-
-class StatusRequest(Message):
-    """Ask for the state of one user's instance, or of all (``user`` empty; root only)."""
-
-    TYPE = MessageType.STATUS_REQUEST
-    FIELDS = (("user", Str(256), ""),)
-    __slots__ = _slots(FIELDS)
-
-
-class StatusEntry(Message):
-    """One user's instance.  ``flags`` are ``StatusFlags``; for a user whose
-    instance failed for good (state ``failed``), ``exit_status``/``signal`` say
-    how it last ended and ``detail`` why it is not restarted."""
-
-    TYPE = MessageType.STATUS_ENTRY
-    FIELDS = (("uid", U32, _REQUIRED), ("user", Str(256), _REQUIRED), ("state", Str(32), _REQUIRED),
-              ("pid", U32, _REQUIRED), ("sessions", U32, _REQUIRED), ("restarts", U32, _REQUIRED),
-              ("backend", Str(32), _REQUIRED), ("flags", U32, 0), ("exit_status", I32, -1), ("signal", U8, 0),
-              ("detail", Str(1024), ""))
-    __slots__ = _slots(FIELDS)
-
-
-class StatusEnd(Message):
-    """Ends a status listing; ``pool`` is the number of warm children (0 for non-root)."""
-
-    TYPE = MessageType.STATUS_END
-    FIELDS = (("count", U32, _REQUIRED), ("pool", U32, _REQUIRED))
-    __slots__ = _slots(FIELDS)
-
-
-class Prewarm(Message):
-    """``user`` is about to log in: start the instance now, do not wait for it
-    (root only; answered with ACK at once)."""
-
-    TYPE = MessageType.PREWARM
-    FIELDS = (("user", Str(256), _REQUIRED),)
-    __slots__ = _slots(FIELDS)
-
-
-class Terminate(Message):
-    """End every session of ``user`` and stop the instance (root only)."""
-
-    TYPE = MessageType.TERMINATE
-    FIELDS = (("user", Str(256), _REQUIRED),)
-    __slots__ = _slots(FIELDS)
-
-
-class Linger(Message):
-    """Keep (``enable`` 1) or stop keeping (0) ``user``'s instance without
-    sessions (root only)."""
-
-    TYPE = MessageType.LINGER
-    FIELDS = (("user", Str(256), _REQUIRED), ("enable", U8, _REQUIRED))
-    __slots__ = _slots(FIELDS)
-
-
-class Ack(Message):
-    """The answer to PREWARM, TERMINATE and LINGER: done; ``value`` and ``text``
-    say what was done (``docs/protocol.md`` gives each request's meaning)."""
-
-    TYPE = MessageType.ACK
-    FIELDS = (("value", U32, 0), ("text", Str(1024), ""))
-    __slots__ = _slots(FIELDS)
-
+# What each field means is said with the fields, in common.wire.
+Hello = _message("Hello", wire.MSG_HELLO, "First frame each way.")
+OpenSession = _message("OpenSession", wire.MSG_OPEN_SESSION, "Open a session for ``user``.")
+Wait = _message("Wait", wire.MSG_WAIT, "The session is accepted and its instance is starting.")
+Ready = _message("Ready", wire.MSG_READY, "The user's instance is ready.")
+Error = _message("Error", wire.MSG_ERROR, "The request is refused, or the exchange broke down.")
+CloseSession = _message("CloseSession", wire.MSG_CLOSE_SESSION, "Close a session.")
+Closed = _message("Closed", wire.MSG_CLOSED, "The session is closed.")
+Ended = _message("Ended", wire.MSG_ENDED, "The booster ended a connection-bound session.")
+StatusRequest = _message("StatusRequest", wire.MSG_STATUS_REQUEST, "Ask for the state of instances.")
+StatusEntry = _message("StatusEntry", wire.MSG_STATUS_ENTRY, "One user's instance.")
+StatusEnd = _message("StatusEnd", wire.MSG_STATUS_END, "Ends a status listing.")
+Prewarm = _message("Prewarm", wire.MSG_PREWARM, "``user`` is about to log in (root only).")
+Terminate = _message("Terminate", wire.MSG_TERMINATE, "End every session of ``user`` (root only).")
+Linger = _message("Linger", wire.MSG_LINGER, "Keep ``user``'s instance without sessions, or not (root only).")
+Ack = _message("Ack", wire.MSG_ACK, "The answer to PREWARM, TERMINATE and LINGER.")
 
 MESSAGE_TYPES = {
     cls.TYPE: cls
     for cls in (Hello, OpenSession, Wait, Ready, Error, CloseSession, Closed, Ended,
                 StatusRequest, StatusEntry, StatusEnd, Prewarm, Terminate, Linger, Ack)
 }
+assert set(MESSAGE_TYPES) == set(wire.FIELDS), "a message type of common.wire has no class here"
 
 
 # --- encode / decode -------------------------------------------------------------
@@ -506,42 +204,34 @@ MESSAGE_TYPES = {
 
 def encode(msg: Message) -> bytes:
     """One complete frame for ``msg``."""
-    payload = bytearray()
-    for name, kind, _ in msg.FIELDS:
-        kind.encode(getattr(msg, name), payload)
-    if len(payload) > MAX_PAYLOAD:
-        raise LocalProtocolError(f"{type(msg).__name__}: payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    return HEADER.pack(MAGIC, VERSION, msg.TYPE, len(payload)) + payload
+    try:
+        return wire.encode(msg.TYPE, msg.values())
+    except wire.WireError as exc:
+        raise _error(exc) from None
 
 
 def decode_header(header: bytes):
     """Validate an 8-byte header; return the message class and payload length."""
-    magic, version, type_, length = HEADER.unpack(header)
-    if magic != MAGIC:
-        raise BadMagic(f"bad magic {magic!r}, expected {MAGIC!r}")
-    if version != VERSION:
-        raise UnsupportedVersion(f"protocol version {version}, this side speaks {VERSION}")
-    cls = MESSAGE_TYPES.get(type_)
-    if cls is None:
-        raise UnknownMessageType(f"unknown message type {type_}")
-    if length > MAX_PAYLOAD:
-        raise FrameTooLarge(f"payload of {length} bytes exceeds {MAX_PAYLOAD}")
-    return cls, length
+    try:
+        type_, length = wire.decode_header(header)
+    except wire.WireError as exc:
+        raise _error(exc) from None
+    return MESSAGE_TYPES[type_], length
+
+
+def _build(type_: int, values) -> Message:
+    try:
+        return MESSAGE_TYPES[type_](*values)
+    except LocalProtocolError as exc:  # a decoded value our own checks refuse
+        raise MalformedPayload(str(exc)) from None
 
 
 def decode_payload(cls, payload: bytes) -> Message:
-    buf = memoryview(payload)
-    pos = 0
-    values = []
-    for name, kind, _ in cls.FIELDS:
-        value, pos = kind.decode(name, buf, pos)
-        values.append(value)
-    if pos != len(buf):
-        raise MalformedPayload(f"{cls.__name__}: {len(buf) - pos} trailing bytes")
     try:
-        return cls(*values)
-    except LocalProtocolError as exc:  # a decoded value our own checks refuse
-        raise MalformedPayload(str(exc)) from None
+        values = wire.decode_payload(cls.TYPE, payload)
+    except wire.WireError as exc:
+        raise _error(exc) from None
+    return _build(cls.TYPE, values)
 
 
 def decode(frame: bytes) -> Message:
@@ -564,11 +254,10 @@ class Decoder:
     unknown frame is refused before its payload is buffered.  After an error
     the decoder stays broken."""
 
-    __slots__ = ("_buf", "_pending", "_error", "_eof")
+    __slots__ = ("_buf", "_error", "_eof")
 
     def __init__(self) -> None:
         self._buf = bytearray()
-        self._pending = None
         self._error = None
         self._eof = False
 
@@ -593,17 +282,11 @@ class Decoder:
         if self._error is not None:
             raise self._error
         try:
-            if self._pending is None:
-                if len(self._buf) < HEADER_SIZE:
-                    return None
-                self._pending = decode_header(bytes(self._buf[:HEADER_SIZE]))
-            cls, length = self._pending
-            if len(self._buf) < HEADER_SIZE + length:
-                return None
-            payload = bytes(self._buf[HEADER_SIZE:HEADER_SIZE + length])
-            del self._buf[:HEADER_SIZE + length]
-            self._pending = None
-            return decode_payload(cls, payload)
+            try:
+                frame = wire.next_frame(self._buf)
+            except wire.WireError as exc:
+                raise _error(exc) from None
+            return None if frame is None else _build(*frame)
         except RemoteProtocolError as exc:
             self._error = exc
             raise

@@ -71,9 +71,8 @@ def open_main(args) -> int:
             log.warning("the booster closed the connection", user=args.user)
             client.close()
             return 0
-        if isinstance(event, p.Ended):
-            client.disconnect(DISCONNECT_TIMEOUT)
-            return _exit_for(event, log, args.user)
+        client.disconnect(DISCONNECT_TIMEOUT)  # the booster's ENDED
+        return _exit_for(event, log, args.user)
 
 
 def _exit_for(event: p.Ended, log: Log, user: str) -> int:

@@ -5,8 +5,10 @@ interactive ``invoker open``, ``booster status`` and the pam_python module
 (which runs under the system Python) all use it.  So it imports only what the
 interpreter has already loaded or builds in (``posix``, ``_socket``,
 ``_struct``, ``time``; ``select`` when it first waits on more than one
-descriptor) plus ``common``: the ``os`` and ``socket`` wrappers alone would
-cost a login about 10 ms.  Every wait is bounded.
+descriptor) and speaks ``common.wire`` directly: frames are (type, values)
+tuples here.  ``common.protocol``'s message classes are built only for what
+no login waits for (a status listing, the event that ends a held session).
+Every wait is bounded.
 """
 
 import posix
@@ -15,7 +17,7 @@ import time
 import _socket
 from _struct import Struct
 
-from common import protocol as p
+from common import wire as w
 
 CONNECT_TIMEOUT = 0.1   # a booster that does not accept within this is treated as absent
 HANDSHAKE_TIMEOUT = 5.0
@@ -34,7 +36,7 @@ class BoosterUnavailable(ClientError):
 
 class Refused(ClientError):
     def __init__(self, code: int, text: str) -> None:
-        super().__init__(f"{p.ErrorCode.name(code)}: {text}")
+        super().__init__(f"{w.code_name('ERR_', code)}: {text}")
         self.code, self.text = code, text
 
 
@@ -50,20 +52,24 @@ def own_pidns() -> int:
     return posix.stat("/proc/self/ns/pid").st_ino
 
 
+def _name(type_: int) -> str:
+    return w.code_name("MSG_", type_)
+
+
 class Client:
     def __init__(self, path: str, agent: str) -> None:
         self.path = path
         self.agent = agent
         self.sock = None
-        self.proto = p.Connection(p.Role.CLIENT)
-        self.server = None
-        self._pending = []
+        self.server_flags = None  # the booster's HELLO flags, once it has answered
+        self._buf = bytearray()
+        self._pending = []  # (type, values) of frames read and not yet taken
 
     # --- connection -------------------------------------------------------------------
 
-    def connect(self, timeout: float = CONNECT_TIMEOUT, request=None) -> "Client":
-        """Connect and shake hands; ``request`` (an OPEN_SESSION) goes out right
-        behind our HELLO, in the same write, instead of a round trip later."""
+    def connect(self, timeout: float = CONNECT_TIMEOUT, request: bytes = b"") -> "Client":
+        """Connect and shake hands; ``request`` (an OPEN_SESSION frame) goes out
+        right behind our HELLO, in the same write, instead of a round trip later."""
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         # A blocking connect with the kernel's own time limit: in a login storm it
         # waits (at most ``timeout``) for room in the booster's listen backlog,
@@ -79,33 +85,41 @@ class Client:
             sock.close()
             raise BoosterUnavailable(f"{self.path}: {exc.strerror or exc}") from None
         self.sock = sock
-        self._send(p.Hello(posix.getpid(), own_pidns(), 0, self.agent[:64]), request)
-        reply = self._receive(time.monotonic() + HANDSHAKE_TIMEOUT)
-        if not isinstance(reply, p.Hello):
-            raise ConnectionLost(f"unexpected {type(reply).__name__} in the handshake")
-        self.server = reply
+        hello = self._frame(w.MSG_HELLO, posix.getpid(), own_pidns(), 0, self.agent[:64])
+        self._write(hello + request)
+        type_, values = self._receive(time.monotonic() + HANDSHAKE_TIMEOUT)
+        if type_ != w.MSG_HELLO:
+            raise ConnectionLost(f"unexpected {_name(type_)} in the handshake")
+        self.server_flags = values[2]
         return self
 
     @property
     def peer_visible(self) -> bool:
-        return bool(self.server and self.server.flags & p.HelloFlags.PEER_VISIBLE)
+        return bool(self.server_flags and self.server_flags & w.HELLO_PEER_VISIBLE)
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def _send(self, msg, then=None) -> None:
+    @staticmethod
+    def _frame(type_: int, *values) -> bytes:
         try:
-            data = self.proto.send(msg)
-            if then is not None:
-                data += self.proto.send(then)
+            return w.encode(type_, values)
+        except w.WireError as exc:  # a user name the protocol cannot carry, say
+            raise ClientError(f"cannot ask for this: {exc}") from None
+
+    def _write(self, data: bytes) -> None:
+        try:
             self.sock.settimeout(HANDSHAKE_TIMEOUT)
             self.sock.sendall(data)
         except OSError as exc:
-            raise ConnectionLost(f"sending {type(msg).__name__}: {exc}") from None
+            raise ConnectionLost(f"sending {_name(data[3])}: {exc}") from None
+
+    def _send(self, type_: int, *values) -> None:
+        self._write(self._frame(type_, *values))
 
     def _receive(self, deadline):
-        """The next message before ``deadline`` (None: no limit); an ERROR frame
-        raises Refused, end-of-file raises ConnectionLost."""
+        """The next frame, as (type, values), before ``deadline`` (None: no
+        limit); an ERROR frame raises Refused, end-of-file raises ConnectionLost."""
         while not self._pending:
             if deadline is None:
                 self.sock.settimeout(None)
@@ -119,29 +133,29 @@ class Client:
                 raise ConnectionLost("timed out waiting for the booster") from None
             except OSError as exc:
                 raise ConnectionLost(f"connection broken: {exc}") from None
+            self._buf += data
             try:
-                self._pending.extend(self.proto.receive_data(data))
-            except p.ProtocolError as exc:
+                while (frame := w.next_frame(self._buf)) is not None:
+                    self._pending.append(frame)
+            except w.WireError as exc:
                 raise ConnectionLost(f"bad frame from the booster: {exc}") from None
             if not data and not self._pending:
+                if self._buf:
+                    raise ConnectionLost(f"the booster closed the connection inside a frame "
+                                         f"({len(self._buf)} bytes left)")
                 raise BoosterClosed("the booster closed the connection")
-        msg = self._pending.pop(0)
-        if type(msg) is p.Error:
-            raise Refused(msg.code, msg.text)
-        return msg
+        type_, values = self._pending.pop(0)
+        if type_ == w.MSG_ERROR:
+            raise Refused(*values)
+        return type_, values
 
     def disconnect(self, timeout: float = 2.0) -> str:
         """Orderly: shut down our side, wait for the booster's end-of-file, close.
-        Returns a ``common.disconnect.Outcome``."""
+        Returns a ``common.wire`` ``DISCONNECT_*`` outcome."""
         sock, self.sock = self.sock, None
         if sock is None:
-            return "clean"
-        # Imported when first needed: a pam_python login disconnects only at its logout.
-        from common.disconnect import disconnect
-
-        sock.settimeout(None)
-        sock.setblocking(False)
-        return disconnect(sock, timeout)
+            return w.DISCONNECT_CLEAN
+        return w.disconnect(sock, timeout)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -154,83 +168,82 @@ class Client:
 
     # --- requests ----------------------------------------------------------------------
 
-    @staticmethod
-    def _build(make, *args):
-        try:
-            return make(*args)
-        except p.LocalProtocolError as exc:  # a user name the protocol cannot carry, say
-            raise ClientError(f"cannot ask for this: {exc}") from None
-
-    def _request(self, make, *args):
-        self._send(self._build(make, *args))
-
     def open_session(self, user: str, *, service: str = "", tty: str = "", rhost: str = "",
                      ruser: str = "", leader_pid: int, flags: int = 0, runtime_dir: str = "",
                      timeout: float = 120.0, connect_timeout: float | None = None) -> tuple:
         """Open and wait for READY; returns (session id, environment to export).
         Not yet connected: connect now (``connect_timeout``), the request right
         behind the HELLO."""
-        request = self._build(p.OpenSession, user, fit(service, 256), fit(tty, 256), fit(rhost, 1024),
+        request = self._frame(w.MSG_OPEN_SESSION, user, fit(service, 256), fit(tty, 256), fit(rhost, 1024),
                               fit(ruser, 256), leader_pid, flags,
                               runtime_dir if fit(runtime_dir, 4095) == runtime_dir else "")
         if self.sock is None:
             self.connect(CONNECT_TIMEOUT if connect_timeout is None else connect_timeout, request)
         else:
-            self._send(request)
+            self._write(request)
         deadline = time.monotonic() + timeout
         while True:
-            msg = self._receive(deadline)
-            if type(msg) is p.Wait:
-                deadline = min(deadline, time.monotonic() + msg.timeout_ms / 1000 + WAIT_MARGIN)
+            type_, values = self._receive(deadline)
+            if type_ == w.MSG_WAIT:
+                deadline = min(deadline, time.monotonic() + values[1] / 1000 + WAIT_MARGIN)
                 continue
-            if type(msg) is p.Ready:
-                return msg.session_id, msg.env
-            raise ConnectionLost(f"unexpected {type(msg).__name__} while opening")
+            if type_ == w.MSG_READY:
+                return values
+            raise ConnectionLost(f"unexpected {_name(type_)} while opening")
+
+    def _closing(self, timeout: float) -> int:
+        type_, values = self._receive(time.monotonic() + timeout)
+        if type_ in (w.MSG_CLOSED, w.MSG_ENDED):  # ENDED: ended by the booster as the close crossed it
+            return values[0]
+        raise ConnectionLost(f"unexpected {_name(type_)} while closing")
 
     def close_session(self, user: str, leader_pid: int, session_id: int = 0,
                       timeout: float = REQUEST_TIMEOUT) -> int:
-        self._request(p.CloseSession, session_id, user, leader_pid)
-        msg = self._receive(time.monotonic() + timeout)
-        if type(msg) in (p.Closed, p.Ended):
-            return msg.session_id
-        raise ConnectionLost(f"unexpected {type(msg).__name__} while closing")
+        self._send(w.MSG_CLOSE_SESSION, session_id, user, leader_pid)
+        return self._closing(timeout)
 
     def end_session_here(self, session_id: int, timeout: float = REQUEST_TIMEOUT) -> None:
         """Close the session this connection carries and wait for the answer."""
-        self._send(p.CloseSession(session_id=session_id))
-        msg = self._receive(time.monotonic() + timeout)
-        if type(msg) not in (p.Closed, p.Ended):
-            raise ConnectionLost(f"unexpected {type(msg).__name__} while closing")
+        self._send(w.MSG_CLOSE_SESSION, session_id, "", 0)
+        self._closing(timeout)
 
-    def ask(self, make, *args, timeout: float = REQUEST_TIMEOUT):
-        """Send PREWARM, TERMINATE or LINGER (``make`` is ``p.Prewarm`` and so on,
-        ``args`` its fields); return the booster's ACK."""
-        self._request(make, *args)
-        msg = self._receive(time.monotonic() + timeout)
-        if type(msg) is p.Ack:
-            return msg
-        raise ConnectionLost(f"unexpected {type(msg).__name__} in answer to {make.__name__}")
+    def ask(self, type_: int, *values, timeout: float = REQUEST_TIMEOUT) -> tuple:
+        """Send PREWARM, TERMINATE or LINGER (``type_`` is ``MSG_PREWARM`` and so
+        on, ``values`` its fields); return the booster's ACK as (value, text)."""
+        self._send(type_, *values)
+        got, ack = self._receive(time.monotonic() + timeout)
+        if got == w.MSG_ACK:
+            return ack
+        raise ConnectionLost(f"unexpected {_name(got)} in answer to {_name(type_)}")
 
     def status(self, user: str = "", timeout: float = 5.0) -> tuple:
-        self._send(p.StatusRequest(user=user))
+        """(``common.protocol.StatusEntry`` of each instance, warm children)."""
+        from common.protocol import StatusEntry  # no login waits for a listing
+
+        self._send(w.MSG_STATUS_REQUEST, user)
         deadline = time.monotonic() + timeout
         entries = []
         while True:
-            msg = self._receive(deadline)
-            if type(msg) is p.StatusEntry:
-                entries.append(msg)
-            elif type(msg) is p.StatusEnd:
-                return entries, msg.pool
+            type_, values = self._receive(deadline)
+            if type_ == w.MSG_STATUS_ENTRY:
+                entries.append(StatusEntry(*values))
+            elif type_ == w.MSG_STATUS_END:
+                return entries, values[1]
             else:
-                raise ConnectionLost(f"unexpected {type(msg).__name__} in a status listing")
+                raise ConnectionLost(f"unexpected {_name(type_)} in a status listing")
 
     def next_event(self, timeout):
-        """For a session carried by this connection: the next frame (ENDED), or
-        None when the booster closed the connection."""
+        """For a session carried by this connection: the booster's ENDED (a
+        ``common.protocol.Ended``), or None when the booster closed the connection."""
         try:
-            return self._receive(None if timeout is None else time.monotonic() + timeout)
+            type_, values = self._receive(None if timeout is None else time.monotonic() + timeout)
         except BoosterClosed:
             return None
+        if type_ != w.MSG_ENDED:
+            raise ConnectionLost(f"unexpected {_name(type_)} on a session connection")
+        from common.protocol import Ended  # a held session's end: no login waits for it
+
+        return Ended(*values)
 
 
 def fit(text: str, limit: int) -> str:

@@ -30,7 +30,7 @@ logged and the login goes on (exit 0).
 import posix
 import sys
 
-from common import protocol as p
+from common import wire as w
 from invoker.client import BoosterUnavailable, Client, ClientError, fit, wait_readable
 
 DEFAULT_SOCKET = "/run/booster/control.sock"
@@ -153,7 +153,7 @@ def run(argv) -> int:
         client.connect()
         if pam_type == "account":
             # Pre-warm never decides a login: the session phase will say what failed.
-            client.ask(p.Prewarm, user)
+            client.ask(w.MSG_PREWARM, user)
         else:
             client.close_session(user, leader)
         client.disconnect(DISCONNECT_TIMEOUT)
@@ -172,7 +172,7 @@ def _open(opts: Options, client: Client, items: dict, runtime_dir: str, leader: 
     connection only where it cannot see us (KEEP_IF_UNSEEN); its HELLO says
     which, ahead of READY."""
     user = items["PAM_USER"]
-    flags = p.OpenFlags.KEEP_IF_UNSEEN | (p.OpenFlags.NO_RUNDIR if opts.norundir else 0)
+    flags = w.OPEN_KEEP_IF_UNSEEN | (w.OPEN_NO_RUNDIR if opts.norundir else 0)
     session_id, _env = client.open_session(
         user, service=items.get("PAM_SERVICE", ""), tty=items.get("PAM_TTY", ""),
         rhost=items.get("PAM_RHOST", ""), ruser=items.get("PAM_RUSER", ""),
@@ -223,11 +223,10 @@ def hold(client: Client, leader_fd: int, user: str, session_id: int) -> None:
                 log.info("booster closed the session's connection", user=user, session=session_id)
                 client.close()
                 return
-            if type(event) is p.Ended:
-                client.disconnect(DISCONNECT_TIMEOUT)
-                log.info("session ended by the booster", user=user, session=session_id,
-                         reason=p.EndReason.name(event.reason).lower())
-                return
+            client.disconnect(DISCONNECT_TIMEOUT)  # the booster's ENDED
+            log.info("session ended by the booster", user=user, session=session_id,
+                     reason=w.code_name("END_", event.reason).lower())
+            return
 
 
 def main(argv=None) -> None:

@@ -24,7 +24,7 @@ pre-warm never decides a login.
 
 import os
 
-from common import protocol as p
+from common import wire as w
 from invoker import client as client_mod
 
 DEFAULT_SOCKET = "/run/booster/control.sock"
@@ -66,9 +66,9 @@ def open_session(pamh, argv, state: dict) -> int:
         _log().error("no PAM user")
         return failed
     earlier = pamh.env.get("XDG_RUNTIME_DIR") or ""
-    open_flags = p.OpenFlags.KEEP_CONNECTION
+    open_flags = w.OPEN_KEEP_CONNECTION
     if opts["norundir"]:
-        open_flags |= p.OpenFlags.NO_RUNDIR
+        open_flags |= w.OPEN_NO_RUNDIR
     client = client_mod.Client(opts["socket"], "invoker/pam_python")
     try:
         session_id, env = client.open_session(  # connects, the request right behind the HELLO
@@ -103,7 +103,7 @@ def acct_mgmt(pamh, argv) -> int:
     client = client_mod.Client(opts["socket"], "invoker/pam_python account")
     try:
         client.connect()
-        client.ask(p.Prewarm, user)
+        client.ask(w.MSG_PREWARM, user)
         client.disconnect(DISCONNECT_TIMEOUT)
     except client_mod.BoosterUnavailable as exc:
         _log().warning("booster not running; no pre-warm", user=user, reason=str(exc))

@@ -1,4 +1,4 @@
-"""The orderly disconnect (common/disconnect.py), over real sockets, with real
+"""The orderly disconnect (common/wire.py), over real sockets, with real
 peer processes where the peer's own behaviour matters.  Every scenario runs
 through both drivers, the blocking ``disconnect`` and ``disconnect_async``,
 and must end the same way."""
@@ -16,7 +16,9 @@ import time
 
 import pytest
 
-from common.disconnect import Outcome, disconnect, disconnect_async
+from common.wire import (
+    DISCONNECT_CLEAN, DISCONNECT_FLOOD, DISCONNECT_RESET, DISCONNECT_TIMEOUT, disconnect, disconnect_async,
+)
 
 SLACK = 0.25  # what a bounded wait may overrun its bound by, on a busy machine
 
@@ -70,7 +72,7 @@ def drive(request):
     """Run one orderly disconnect with the driver under test; returns
     (outcome, seconds it took)."""
 
-    def run(sock: socket.socket, timeout: float) -> tuple[Outcome, float]:
+    def run(sock: socket.socket, timeout: float) -> tuple[str, float]:
         started = time.monotonic()
         if request.param == "blocking":
             outcome = disconnect(sock, timeout)
@@ -114,7 +116,7 @@ def test_clean_when_the_peer_closes_after_our_shutdown(drive, peers):
     ours.sendall(b"last words")
     peer = peers(READ_TO_EOF, theirs)
     outcome, took = drive(ours, 5.0)
-    assert outcome == Outcome.CLEAN
+    assert outcome == DISCONNECT_CLEAN
     assert ours.fileno() == -1
     out, _ = peer.communicate(timeout=5)
     # The peer closes only on our end-of-file, so CLEAN proves the shutdown came first.
@@ -125,7 +127,7 @@ def test_clean_when_the_peer_closes_after_our_shutdown(drive, peers):
 def test_clean_when_the_peer_closed_first(drive):
     ours, theirs = pair()
     theirs.close()
-    assert drive(ours, 1.0)[0] == Outcome.CLEAN
+    assert drive(ours, 1.0)[0] == DISCONNECT_CLEAN
     assert ours.fileno() == -1
 
 
@@ -134,7 +136,7 @@ def test_what_the_peer_still_sends_is_drained(drive, peers, size):
     # 300 kB does not fit in the socket buffers: the peer blocks until we drain it.
     ours, theirs = pair()
     peer = peers(SEND_THEN_READ_TO_EOF, theirs, str(size))
-    assert drive(ours, 5.0)[0] == Outcome.CLEAN
+    assert drive(ours, 5.0)[0] == DISCONNECT_CLEAN
     assert ours.fileno() == -1
     peer.communicate(timeout=5)
     assert peer.returncode == 0
@@ -145,7 +147,7 @@ def test_timeout_is_bounded_when_the_peer_never_closes(drive, timeout):
     ours, theirs = pair()
     try:
         outcome, took = drive(ours, timeout)
-        assert outcome == Outcome.TIMEOUT
+        assert outcome == DISCONNECT_TIMEOUT
         assert timeout - 0.01 <= took <= timeout + SLACK
         assert ours.fileno() == -1
         assert theirs.recv(1) == b""  # our side was shut down, then closed
@@ -157,7 +159,7 @@ def test_timeout_when_a_peer_process_just_sits(drive, peers):
     ours, theirs = pair()
     peers(SLEEP, theirs)
     outcome, took = drive(ours, 0.3)
-    assert outcome == Outcome.TIMEOUT and took <= 0.3 + SLACK
+    assert outcome == DISCONNECT_TIMEOUT and took <= 0.3 + SLACK
     assert ours.fileno() == -1
 
 
@@ -165,7 +167,7 @@ def test_timeout_when_the_peer_trickles_but_never_closes(drive, peers):
     ours, theirs = pair()
     peers(TRICKLE, theirs)
     outcome, took = drive(ours, 0.4)
-    assert outcome == Outcome.TIMEOUT and took <= 0.4 + SLACK
+    assert outcome == DISCONNECT_TIMEOUT and took <= 0.4 + SLACK
     assert ours.fileno() == -1
 
 
@@ -173,7 +175,7 @@ def test_flood_when_the_peer_keeps_sending(drive, peers):
     ours, theirs = pair()
     peer = peers(FLOOD, theirs)
     outcome, took = drive(ours, 20.0)
-    assert outcome == Outcome.FLOOD
+    assert outcome == DISCONNECT_FLOOD
     assert took < 10.0  # found by the byte count, not by the clock
     assert ours.fileno() == -1
     peer.wait(timeout=10)  # our close ends its sending
@@ -191,7 +193,7 @@ def test_a_little_over_a_mebibyte_already_queued_is_a_flood(drive):
     except BlockingIOError:
         pytest.skip("socket buffers too small to queue 1 MiB")
     try:
-        assert drive(ours, 5.0)[0] == Outcome.FLOOD
+        assert drive(ours, 5.0)[0] == DISCONNECT_FLOOD
         assert ours.fileno() == -1
     finally:
         theirs.close()
@@ -201,7 +203,7 @@ def test_reset_when_the_peer_left_our_data_unread(drive):
     ours, theirs = pair()
     ours.sendall(b"never read")
     theirs.close()  # closing with unread data resets a Unix stream connection
-    assert drive(ours, 1.0)[0] == Outcome.RESET
+    assert drive(ours, 1.0)[0] == DISCONNECT_RESET
     assert ours.fileno() == -1
 
 
@@ -211,7 +213,7 @@ def test_reset_when_the_peer_process_was_killed(drive, peers):
     peer = peers(SLEEP, theirs)
     peer.kill()
     peer.wait(timeout=10)
-    assert drive(ours, 1.0)[0] == Outcome.RESET
+    assert drive(ours, 1.0)[0] == DISCONNECT_RESET
     assert ours.fileno() == -1
 
 
@@ -227,14 +229,14 @@ def test_reset_over_tcp(drive):
     poller = select.poll()  # wait until the RST has arrived (poll leaves the error pending)
     poller.register(ours.fileno(), select.POLLIN)
     assert poller.poll(5000)
-    assert drive(ours, 1.0)[0] == Outcome.RESET
+    assert drive(ours, 1.0)[0] == DISCONNECT_RESET
     assert ours.fileno() == -1
 
 
 def test_reset_when_never_connected(drive):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.setblocking(False)
-    assert drive(sock, 1.0)[0] == Outcome.RESET
+    assert drive(sock, 1.0)[0] == DISCONNECT_RESET
     assert sock.fileno() == -1
 
 
@@ -248,7 +250,7 @@ def test_the_sockets_own_mode_does_not_matter(mode):
         started = time.monotonic()
         outcome = disconnect(ours, 0.2)
         took = time.monotonic() - started
-        assert (outcome, ours.fileno()) == (Outcome.TIMEOUT, -1)
+        assert (outcome, ours.fileno()) == (DISCONNECT_TIMEOUT, -1)
         assert took <= 0.2 + SLACK
     finally:
         ours.close()
@@ -295,7 +297,7 @@ def test_cancelled_async_disconnect_leaves_the_loop_usable():
             theirs.close()
         ours, theirs = pair()
         theirs.close()
-        assert await disconnect_async(ours, 1.0, loop) == Outcome.CLEAN
+        assert await disconnect_async(ours, 1.0, loop) == DISCONNECT_CLEAN
 
     asyncio.run(main())
 
@@ -345,7 +347,7 @@ def test_both_drivers_agree():
             async def main():
                 return await disconnect_async(scenario(kind), 0.1, asyncio.get_running_loop())
 
-            assert asyncio.run(main()) == blocking == getattr(Outcome, kind.upper())
+            assert asyncio.run(main()) == blocking == kind  # each DISCONNECT_* outcome is its own name
     finally:
         for sock in keep:
             sock.close()

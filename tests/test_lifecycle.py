@@ -31,7 +31,7 @@ def entry(b, name: str) -> p.StatusEntry | None:
 def ask(b, make, *args, timeout: float = 30.0) -> p.Ack:
     client = Client(b.socket, "test").connect(timeout=1.0)
     try:
-        return client.ask(make, *args, timeout=timeout)
+        return p.Ack(*client.ask(make.TYPE, *args, timeout=timeout))
     finally:
         client.disconnect()
 
@@ -95,7 +95,7 @@ def test_only_root_may_prewarm_terminate_or_set_linger(booster_factory, user):
         for make, args in ((p.Prewarm, (user.name,)), (p.Terminate, (user.name,)), (p.Linger, (user.name, 1))):
             client = Client(b.socket, "test").connect(timeout=1.0)
             try:
-                client.ask(make, *args)
+                client.ask(make.TYPE, *args)
                 out.append("accepted")
             except Refused as refused:
                 out.append(str(refused.code))
