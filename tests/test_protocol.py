@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common import protocol as p
+from common import wire
 from common.protocol import (
     BadMagic, ErrorCode, FieldTooLong, FrameTooLarge, InvalidString, LocalProtocolError,
     MalformedPayload, MessageType, ProtocolError, RemoteProtocolError, Role, State, TruncatedFrame,
@@ -174,9 +175,9 @@ def test_code_names_are_for_logs():
 @given(data=st.data())
 def test_round_trip_every_type(cls, data):
     msg = data.draw(messages_of(cls))
-    wire = p.encode(msg)
-    assert wire == ref_encode(msg)
-    back = p.decode(wire)
+    encoded = p.encode(msg)
+    assert encoded == ref_encode(msg)
+    back = p.decode(encoded)
     assert back == msg and type(back) is cls
 
 
@@ -306,6 +307,19 @@ def test_decode_of_one_frame_agrees(name):
         p.decode(data)
 
 
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_the_invokers_wire_path_refuses_it_alike(name):
+    data, cls, code = MALFORMED[name]
+    buf = bytearray(data)
+    try:
+        while wire.next_frame(buf) is not None:
+            pass
+    except wire.WireError as exc:
+        assert exc.kind == cls.__name__ and exc.code == code
+    else:  # only a stream cut short waits for more: TruncatedFrame, at its end
+        assert cls is TruncatedFrame and buf
+
+
 @pytest.mark.parametrize("length", [p.MAX_PAYLOAD + 1, 1 << 20, 2**32 - 1])
 def test_oversized_frame_is_refused_from_its_header_alone(length):
     decoder = p.Decoder()
@@ -322,8 +336,8 @@ def test_largest_legal_payload_is_waited_for_and_accepted():
     # session_id (8) + count (2) + 16 entries of 2+3 key and 2+value bytes = 65528 exactly.
     values = ["v" * 4095] * 15 + ["v" * 3981]
     msg = p.Ready(session_id=1, env=tuple((f"K{i:02}", v) for i, v in enumerate(values)))
-    wire = p.encode(msg)
-    assert len(wire) == p.MAX_FRAME and p.decode(wire) == msg
+    encoded = p.encode(msg)
+    assert len(encoded) == p.MAX_FRAME and p.decode(encoded) == msg
     with pytest.raises(LocalProtocolError):
         p.encode(p.Ready(session_id=1, env=msg.env[:-1] + (("K15", "v" * 3982),)))
 
@@ -340,22 +354,22 @@ def test_header_errors_do_not_wait_for_the_payload():
 @SETTINGS
 @given(msg=ANY_MESSAGE, data=st.data())
 def test_every_proper_prefix_is_truncated(msg, data):
-    wire = p.encode(msg)
-    cut = data.draw(st.integers(1, len(wire) - 1))
+    encoded = p.encode(msg)
+    cut = data.draw(st.integers(1, len(encoded) - 1))
     decoder = p.Decoder()
-    decoder.feed(wire[:cut])
+    decoder.feed(encoded[:cut])
     assert decoder.next_message() is None
     with pytest.raises(TruncatedFrame):
         decoder.feed_eof()
     with pytest.raises(TruncatedFrame):
-        p.decode(wire[:cut])
+        p.decode(encoded[:cut])
 
 
 @SETTINGS
 @given(msg=ANY_MESSAGE, data=st.data())
 def test_payload_shorter_than_its_fields(msg, data):
-    wire = p.encode(msg)
-    payload = wire[8:]
+    encoded = p.encode(msg)
+    payload = encoded[8:]
     if not payload:
         return
     short = payload[:data.draw(st.integers(0, len(payload) - 1))]
@@ -366,9 +380,9 @@ def test_payload_shorter_than_its_fields(msg, data):
 @SETTINGS
 @given(msg=ANY_MESSAGE, extra=st.binary(min_size=1, max_size=16))
 def test_payload_longer_than_its_fields(msg, extra):
-    wire = p.encode(msg)
+    encoded = p.encode(msg)
     with pytest.raises(MalformedPayload):
-        p.decode(frame(msg.TYPE, wire[8:] + extra))
+        p.decode(frame(msg.TYPE, encoded[8:] + extra))
 
 
 def test_decode_refuses_a_second_frame():
@@ -834,6 +848,15 @@ def unhex(text: str) -> bytes:
 def test_golden_vector(msg, hexed):
     assert p.encode(msg) == unhex(hexed)
     assert p.decode(unhex(hexed)) == msg
+
+
+@pytest.mark.parametrize("msg,hexed", GOLDEN, ids=[type(m).__name__ for m, _ in GOLDEN])
+def test_the_invokers_wire_path_agrees(msg, hexed):
+    """The invoker's client speaks common.wire without the message classes:
+    the same bytes out, the same values back."""
+    assert wire.encode(msg.TYPE, msg.values()) == unhex(hexed)
+    buf = bytearray(unhex(hexed))
+    assert wire.next_frame(buf) == (msg.TYPE, msg.values()) and not buf
 
 
 def test_every_type_has_a_golden_vector():
