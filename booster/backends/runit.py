@@ -14,7 +14,7 @@ runs as the user beside the instance, waits until every service is up
 the booster reads.  It needs no file of the booster's and no service in the
 user's directory: the booster writes nothing for a runit instance, and each
 login starts the processes a direct start would (runsvdir, a runsv per
-service) and one short-lived fork.
+service) and one short-lived fork, which runsvdir reaps at its next scan.
 
 Stopping is SIGHUP: runsvdir then sends TERM to every runsv, and each stops
 its service.
