@@ -11,9 +11,9 @@ executable, passes.  That is what ``sv start`` waits for, but looked at more
 often and without a process per look (``sv`` looks every 420 ms): the
 helper starts before runsvdir does, and a service on an idle machine runs
 within a few milliseconds of that, so the first waits are short (1 ms, then
-each 1 ms longer), then every 10 ms.  Then one line
-goes to the booster: ``ready 0``, or ``ready 1`` when a service was not up
-within ``login_timeout`` (each such service named on stderr, which is the
+each 1 ms longer), then every 10 ms.  Then one line goes to the booster:
+``ready 0``, or ``ready 1`` when a service was not up within
+``login_timeout`` (each such service named on stderr, which is the
 instance's output).  It dies with the instance.
 
 It is a fork of a warm child, so it imports only what those may: modules
