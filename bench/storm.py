@@ -271,9 +271,7 @@ def run_backend(backend: str, users, sessions: int, rounds: int, pool_sizes: lis
                 connect_timeout: float, overrides: dict) -> list[dict]:
     """One block per pool size, each with a booster of its own: a warm-up
     round, then ``rounds`` rounds of the direct spawns and both storms in a
-    shuffled order.  (Boosters of different state directories take turns
-    badly with runit: each relinks its readiness service into the user's
-    service directory, and runsvdir then holds off its scan for a second.)"""
+    shuffled order."""
     per_user = max(1, sessions // len(users))
     names_users = [u.name for u in users]
     names_sessions = [u.name for u in users for _ in range(per_user)]

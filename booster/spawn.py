@@ -26,7 +26,9 @@ The order is carried out in one straight line (``become_instance``): signals
 reset, sane limits, descriptors installed, [the instance's PAM session opened
 (``booster.instance_pam``), signals reset again], everything else closed,
 supplementary groups then gid then uid dropped, the result verified, the
-parent-death signal set (a credential change clears it), cwd = home, exec.
+parent-death signal set (a credential change clears it), cwd = home, the
+backend's steps (``PRE_EXEC_STEPS``: its directory, a helper beside the
+instance), exec.
 The instance's pid is the warm child's, and its parent is the booster.
 
 The child reports a failure before exec as one JSON line on the order socket,
@@ -70,13 +72,14 @@ class SpawnOrder:
     passed descriptor is installed at; fd 0 is always /dev/null."""
 
     __slots__ = ("user", "uid", "gid", "groups", "home", "argv", "env", "fd_targets", "death_signal",
-                 "booster_pid")
+                 "booster_pid", "pre_exec")
 
     def __init__(self, *, user: str, uid: int, gid: int, groups, home: str, argv, env, fd_targets,
-                 death_signal: int, booster_pid: int) -> None:
+                 death_signal: int, booster_pid: int, pre_exec=()) -> None:
         self.user, self.uid, self.gid, self.home = user, uid, gid, home
         self.groups = tuple(groups)
         self.argv = tuple(argv)
+        self.pre_exec = tuple(tuple(step) for step in pre_exec)  # PRE_EXEC_STEPS, as the user
         self.env = tuple((k, v) for k, v in env)
         self.fd_targets = tuple(tuple(t) for t in fd_targets)
         self.death_signal = int(death_signal)  # signal.Signals is an IntEnum, which marshal refuses
@@ -313,6 +316,72 @@ def drop_privileges(order: SpawnOrder) -> None:
                              + ", ".join(f"{k}={v:#x}" for k, v in sorted(left.items())))
 
 
+# --- steps before the exec, as the user ------------------------------------------------
+# What a backend needs done as the user just before its program starts
+# (``Launch.pre_exec``), here rather than in a shell that runs a program per
+# step.  Each step is called with the order and its own arguments.
+
+_S_IFMT, _S_IFDIR = 0o170000, 0o040000
+
+
+def make_dirs(order: SpawnOrder, path: str) -> None:
+    """``mkdir -p path`` (the umask applies)."""
+    try:
+        posix.mkdir(path, 0o777)
+    except FileExistsError:
+        if posix.stat(path).st_mode & _S_IFMT != _S_IFDIR:
+            raise NotADirectoryError(20, "Not a directory", path) from None
+    except FileNotFoundError:
+        parent = path.rstrip("/").rpartition("/")[0]
+        if not parent:
+            raise
+        make_dirs(order, parent)
+        posix.mkdir(path, 0o777)
+
+
+def start_helper(order: SpawnOrder, fd: int, target: str, *args) -> None:
+    """Run ``target`` ("module:function") beside the instance, in a fork of this
+    child that alone keeps descriptor ``fd`` (closed here): ``function(fd, env,
+    *args)``, then it exits.  The instance is its parent: the helper dies with
+    it (parent-death signal), and it is the instance's to reap (runsvdir reaps
+    every child at its next scan, within 5 s).  One fork only: this child may
+    be a fork of the booster, and a second fork (to make the booster the
+    helper's parent) would copy the booster's page tables once more: 2 ms of
+    CPU per login in a login storm."""
+    instance = posix.getpid()
+    if posix.fork() == 0:
+        _run_helper(order, fd, instance, target, args)
+    posix.close(fd)
+
+
+def _run_helper(order: SpawnOrder, fd: int, instance: int, target: str, args) -> None:
+    code = 0
+    try:
+        set_parent_death_signal(_signal.SIGKILL)
+        if posix.getppid() != instance:
+            posix._exit(0)  # the instance is already gone
+        keep = sorted({0, 1, 2, fd})
+        for low, high in zip(keep, keep[1:] + [1 << 20]):
+            posix.closerange(low + 1, high)  # the order socket above all: its end-of-file means "exec'd"
+        module, _, function = target.partition(":")
+        getattr(__import__(module, fromlist=[function]), function)(fd, order.env, *args)
+    except BaseException as exc:  # noqa: BLE001 - a helper reports on stderr and ends
+        _say(f"booster: the helper {target} failed: {type(exc).__name__}: {exc}")
+        code = 1
+    posix._exit(code)
+
+
+def _say(line: str) -> None:
+    """One line on stderr: the instance's output, which the booster logs."""
+    try:
+        posix.write(2, (line + "\n").encode())
+    except OSError:
+        pass
+
+
+PRE_EXEC_STEPS = {"make_dirs": make_dirs, "start_helper": start_helper}
+
+
 def report(sock_fd: int, kind: str, text: str) -> None:
     """One JSON line for the booster.  ``json`` is imported only here: a failing
     child exits right after, and a warm one never needs it."""
@@ -361,6 +430,13 @@ def become_instance(order: SpawnOrder, fds: list[int], order_fd: int, pam=None):
         posix.chdir(order.home)
     except OSError:
         posix.chdir("/")
+    try:
+        for name, *args in order.pre_exec:
+            PRE_EXEC_STEPS[name](order, *args)
+    except Exception as exc:  # noqa: BLE001 - a step that failed leaves nothing to exec
+        named = isinstance(exc, OSError) and exc.filename
+        report(order_fd, "pre-exec", f"{exc.filename}: {exc.strerror}" if named else str(exc))
+        posix._exit(EXIT_SETUP)
     try:
         posix.execve(order.argv[0], list(order.argv), dict(order.env))
     except OSError as exc:

@@ -493,7 +493,7 @@ class UserInstance:
                 user=self.account.name, uid=self.account.uid, gid=self.account.gid,
                 groups=self.account.groups, home=self.account.home, argv=launch.argv,
                 env=self._instance_env(), fd_targets=((1, 2),) + tuple((t,) for t in targets),
-                death_signal=booster.backend.stop_signal, booster_pid=os.getpid(),
+                death_signal=booster.backend.stop_signal, booster_pid=os.getpid(), pre_exec=launch.pre_exec,
             )
             send_order(child.sock, order, [log_w] + [launch.pass_fds[t] for t in targets])
         except OSError as exc:

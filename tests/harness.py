@@ -218,8 +218,7 @@ def install_autostart(user: pamkit.TempUser, backend: str, name: str = "hello",
 def service_procs(user: pamkit.TempUser, command: str = "/bin/sleep 1000") -> list[psutil.Process]:
     """The user's processes running ``command`` (by default what
     ``install_autostart`` starts): the autostart service, not a helper that
-    happens to run the same program (the runit readiness service ends in a
-    short ``sleep`` of its own)."""
+    happens to run the same program."""
     found = []
     for proc in pamkit.procs_of_uid(user.uid, zombies=False):
         try:

@@ -2,8 +2,8 @@
 against a real booster, and each fails (issue 7; ``docs/security.md`` is the
 threat model they check).
 
-- symlinks planted where root writes (the runit ``run.tmp``, the FIFO, dinit's
-  ``boot``): the victim file is unchanged;
+- symlinks planted where root writes (the user's directory below the state
+  directory, were there one; dinit's ``boot``): the victim file is unchanged;
 - PAM items and ``XDG_RUNTIME_DIR`` injected through ``~/.pam_environment``:
   the injected user gets no instance, the injected directory is not used;
 - a flood of connections by one user: root's logins still get their instance
@@ -103,18 +103,15 @@ for d in "$dir" "$dir/runit" "$dir/runit/booster-ready" "$dir/dinit.d"; do
         if ln -sfT "$victim" "$d/$n" 2>/dev/null; then echo "planted $d/$n"; fi
     done
 done
-if [ -d "$dir/runit/booster-ready/supervise" ]; then
-    for n in run.tmp ready.fifo; do  # (lock or status would break the user's own runsv, nobody else's)
-        ln -sfT "$victim" "$dir/runit/booster-ready/supervise/$n" && echo "planted in supervise/$n"
-    done
-fi
 true
 """
 
 
 def test_planted_symlinks_never_redirect_roots_writes(booster_factory, backend, user):
     """The runit attack of the issue: plant run.tmp -> a root file, kill your own
-    instance, and the booster's restart used to write the script over it."""
+    instance, and the booster's restart used to write the script over it.  (The
+    runit backend no longer writes per user at all; the names an earlier one
+    wrote are tried still.)"""
     b = booster_factory(backend)
     with root_files() as (victim, _), exec_service(b) as svc, pamkit.HeldSession(svc, user.name) as held:
         before = fingerprint(victim)
@@ -124,9 +121,8 @@ def test_planted_symlinks_never_redirect_roots_writes(booster_factory, backend, 
         out = sh_as(user, PLANT, victim, user_dir)
         assert out.returncode == 0, out.stderr
         planted = out.stdout.split("\n")
-        # Nothing anywhere root writes; only runsv's own supervise/, which root never writes into.
-        expected = [f"planted in supervise/{n}" for n in ("run.tmp", "ready.fifo")] if backend == "runit" else []
-        assert [line for line in planted if line] == expected, out.stdout
+        # Nothing anywhere root writes.
+        assert [line for line in planted if line] == [], out.stdout
         # Kill the instance (it is the user's own process): the restart prepares it again.
         assert sh_as(user, 'kill -KILL "$1"', str(old)).returncode == 0
         pamkit.wait_for(lambda: instance_of(b, user.name) not in (None, old)
@@ -139,24 +135,19 @@ def test_planted_symlinks_never_redirect_roots_writes(booster_factory, backend, 
         assert not os.path.lexists(user_dir)
 
 
-def test_the_booster_directory_is_roots_but_for_runits_supervise(booster_factory, backend, user):
+def test_the_state_directory_is_roots_alone(booster_factory, backend, user):
     b = booster_factory(backend)
     with exec_service(b) as svc, pamkit.HeldSession(svc, user.name) as held:
-        top = os.path.join(b.state_dir, "users", str(user.uid))
-        if backend == "dinit":
-            # dinit's instances need nothing of their own: one generated boot serves all.
-            assert not os.path.lexists(top)
-            top = os.path.join(b.state_dir, "dinit.d")
+        assert instance_of(b, user.name), b.log()
+        # No backend needs a directory per user (dinit's one generated boot serves
+        # all, runit's readiness helper needs no file): the user owns nothing here.
+        assert not os.path.lexists(os.path.join(b.state_dir, "users", str(user.uid)))
         owners = {}
-        for dirpath, dirs, files in os.walk(top):
+        for dirpath, dirs, files in os.walk(b.state_dir):
             for name in dirs + files:
                 path = os.path.join(dirpath, name)
                 st = os.lstat(path)
-                if "/supervise/" not in path + "/" or path.endswith("/supervise"):
-                    owners[os.path.relpath(path, top)] = (st.st_uid, stat.S_IMODE(st.st_mode) & 0o022)
-        if backend == "runit":
-            assert owners.pop("runit/booster-ready/supervise")[0] == user.uid
-            assert owners.pop("runit/ready.fifo")[0] == user.uid
+                owners[os.path.relpath(path, b.state_dir)] = (st.st_uid, stat.S_IMODE(st.st_mode) & 0o022)
         assert owners and all(v == (0, 0) for v in owners.values()), owners
         held.close()
         user_gone(b, user)
@@ -356,8 +347,6 @@ def test_an_untrusted_state_dir_socket_dir_or_config_is_refused(backend, weaknes
                 program = b.base / "bin" / ("dinit" if backend == "dinit" else "runsvdir")
                 program.parent.mkdir()
                 shutil.copy(b.config.get(key) or shutil.which("runsvdir"), program)
-                if backend == "runit":
-                    shutil.copy(shutil.which("sv"), program.parent / "sv")
                 os.chown(program, u.uid, u.gid)
                 b.config[key] = str(program)
             else:

@@ -37,10 +37,13 @@ class InstanceSpec:
 
 class Launch(abc.ABC):
     """One start of one instance.  ``pass_fds`` maps a target descriptor number
-    in the instance to a descriptor of ours."""
+    in the instance to a descriptor of ours.  ``pre_exec``: steps the spawned
+    child carries out as the user just before it execs ``argv``, each a tuple
+    (name in ``booster.spawn.PRE_EXEC_STEPS``, arguments...)."""
 
     argv: tuple[str, ...]
     pass_fds: dict[int, int]
+    pre_exec: tuple[tuple[str, ...], ...] = ()
 
     @abc.abstractmethod
     async def wait_ready(self, loop, timeout: float) -> None:
