@@ -264,7 +264,8 @@ class Booster:
         safefs.unlink_at(self._state_fd, STATE_FILE)
 
     def _remove_generated(self) -> None:
-        """The users' directories and what the backend shares among instances."""
+        """What the backend shares among instances, and the per-user directories
+        (``users/``) versions before 2026-11-30 made for runit instances."""
         for name in ("users", self.backend.shared_dir):
             if name is None:
                 continue

@@ -34,7 +34,7 @@ import socket
 import stat
 import time
 
-from booster import log, rundir, safefs
+from booster import log, rundir
 from booster.accounts import Account
 from booster.backends.base import InstanceSpec, Launch, StartError
 from booster.output import READ_CHUNK, OutputLimiter, escape
@@ -151,7 +151,6 @@ class UserInstance:
         self._no_rundir = False
         self.runtime_dir: str | None = None
         self.managed_rundir: str | None = None
-        self.user_dir = os.path.join(self.config.state_dir, "users", str(account.uid))
         self.task: asyncio.Task | None = None
         self._log = log.get("user", user=account.name, uid=account.uid)
 
@@ -415,14 +414,8 @@ class UserInstance:
     # --- start ------------------------------------------------------------------------
 
     def _prepare_user(self) -> None:
-        """Once per lifecycle: the booster's directory for the user and the
-        runtime directory."""
+        """Once per lifecycle: the runtime directory."""
         account, config = self.account, self.config
-        if self.booster.backend.needs_user_dir:
-            try:
-                os.close(safefs.open_dir(self.user_dir, create_mode=0o755))
-            except OSError as exc:
-                raise StartFailed(f"cannot create {self.user_dir}: {exc.strerror or exc}", final=True) from None
         self.runtime_dir = self.managed_rundir = None
         if self._runtime_hint:
             # The PAM environment is partly the user's (~/.pam_environment): the
@@ -442,8 +435,7 @@ class UserInstance:
         self.booster.state_changed(now=self.managed_rundir is not None)
 
     def _spec(self, cgroup: str | None) -> InstanceSpec:
-        return InstanceSpec(account=self.account, config=self.config, user_dir=self.user_dir,
-                            runtime_dir=self.runtime_dir,
+        return InstanceSpec(account=self.account, config=self.config, runtime_dir=self.runtime_dir,
                             cgroup=self.booster.cgroups.relative(cgroup) if cgroup else None)
 
     def _instance_env(self) -> tuple[tuple[str, str], ...]:
@@ -668,15 +660,11 @@ class UserInstance:
         if self.process is not None:
             self._log.info("stopping instance", pid=self.process.pid)
             await self._stop_and_clear()
-        # Each step on its own: one that fails must not keep the others from running.
-        steps = [("user directory", rundir.remove, self.user_dir, 0)] if self.booster.backend.needs_user_dir else []
         if self.managed_rundir:
-            steps.insert(0, ("runtime directory", rundir.remove, self.managed_rundir, self.account.uid))
-        for what, step, *args in steps:
             try:
-                step(*args)
-            except Exception:  # noqa: BLE001
-                self._log.exception(f"removing the {what} failed")
+                rundir.remove(self.managed_rundir, self.account.uid)
+            except Exception:  # noqa: BLE001 - the lifecycle ends all the same
+                self._log.exception("removing the runtime directory failed")
         self.managed_rundir = None
         if self.failure is not None:
             self._set(UserState.FAILED)

@@ -30,7 +30,6 @@ class StartError(Exception):
 class InstanceSpec:
     account: Account
     config: Config
-    user_dir: str            # /run/booster/users/UID: root-owned, the booster's own
     runtime_dir: str | None  # XDG_RUNTIME_DIR of the instance, when there is one
     cgroup: str | None       # the instance's cgroup path below the cgroup2 mount, if any
 
@@ -69,8 +68,6 @@ class Backend(abc.ABC):
     # Seconds between repeats of the stop signal, for a manager that may miss
     # one (None: once is enough).
     stop_repeat: float | None = None
-    # Whether an instance needs a directory of its own (state_dir/users/UID).
-    needs_user_dir: bool = True
     # The directory of state_dir that ``setup`` writes, removed when the booster stops.
     shared_dir: str | None = None
 

@@ -114,7 +114,6 @@ class DinitLaunch(Launch):
 class DinitBackend(Backend):
     name = "dinit"
     stop_signal = signal.SIGTERM  # dinit stops its services in order, then exits 0
-    needs_user_dir = False
     shared_dir = "dinit.d"
 
     def __init__(self, config) -> None:

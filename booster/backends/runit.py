@@ -73,7 +73,6 @@ class RunitBackend(Backend):
     # runsvdir notes a SIGHUP in a flag it reads when poll() returns: one that
     # lands during a directory scan waits for the next poll timeout (up to 5 s).
     stop_repeat = 0.1
-    needs_user_dir = False
 
     def __init__(self, config) -> None:
         self.config = config
