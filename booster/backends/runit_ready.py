@@ -25,7 +25,7 @@ from __future__ import annotations
 import posix
 import time
 
-from booster.spawn import set_process_name
+from booster.spawn import _S_IFDIR, _S_IFMT, set_process_name
 
 POLL_STEP = 0.001     # seconds: the first wait between two looks, and how much each next one grows
 POLL_INTERVAL = 0.01  # seconds: the longest wait
@@ -103,7 +103,7 @@ def check_passes(service: str, env) -> bool:
 
 def _is_dir(path: str) -> bool:
     try:
-        return posix.stat(path).st_mode & 0o170000 == 0o040000
+        return posix.stat(path).st_mode & _S_IFMT == _S_IFDIR
     except OSError:
         return False
 
