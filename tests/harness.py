@@ -219,14 +219,7 @@ def service_procs(user: pamkit.TempUser, command: str = "/bin/sleep 1000") -> li
     """The user's processes running ``command`` (by default what
     ``install_autostart`` starts): the autostart service, not a helper that
     happens to run the same program."""
-    found = []
-    for proc in pamkit.procs_of_uid(user.uid, zombies=False):
-        try:
-            if " ".join(proc.cmdline()) == command:
-                found.append(proc)
-        except psutil.Error:
-            pass
-    return found
+    return [proc for proc in pamkit.procs_of_uid(user.uid, zombies=False) if pamkit.cmdline_of(proc) == command]
 
 
 def exec_line(b: BoosterProc, *extra: str) -> str:

@@ -155,6 +155,15 @@ def procs_of_uid(uid: int, zombies: bool = True) -> list[psutil.Process]:
     return found
 
 
+def cmdline_of(proc: psutil.Process) -> str:
+    """``proc``'s command line as one string; "" once it has exited (a process
+    listed a moment ago may be gone by the time its cmdline is read)."""
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def describe_procs(procs: Iterable[psutil.Process]) -> list[str]:
     """Human-readable ``pid: cmdline (status)`` lines for error messages."""
     out = []

@@ -104,7 +104,7 @@ def test_stop_signal_disconnects_every_client_and_stops_instances_concurrently(
         for u in users:
             assert b.user(u.name)["sessions"] == 2, b.status()
             assert b.user(u.name)["state"] == "ready"
-            assert len([q for q in user_procs(u.uid) if "stubborn.sh" in " ".join(q.cmdline())]) == 1
+            assert len([q for q in user_procs(u.uid) if "stubborn.sh" in pamkit.cmdline_of(q)]) == 1
         # No pam_exec session the booster can see leaves a process behind ...
         for held in (visible_1, visible_2, visible_3):
             assert invokers_below(held.pid) == []

@@ -54,7 +54,7 @@ def test_the_login_waits_for_a_check_that_passes_late(booster_factory):
         try:
             pamkit.wait_for(lambda: helpers_of(user), 10, desc="the readiness helper")
             # The service runs but its check fails: the login waits, the helper polls.
-            pamkit.wait_for(lambda: any(" ".join(q.cmdline()) == "/bin/sleep 1000"
+            pamkit.wait_for(lambda: any(pamkit.cmdline_of(q) == "/bin/sleep 1000"
                                         for q in pamkit.procs_of_uid(user.uid, zombies=False)),
                             10, desc="the service running")
             opening.join(0.5)
