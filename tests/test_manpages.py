@@ -1,7 +1,7 @@
 """The manual pages and the admin guide's key table: made by docs/generate.py
 from the parsers behind ``--help`` and from the config's keys, committed,
-kept up to date with their sources, installed with the package, and rendered
-by man(1) without a warning.
+kept up to date with their sources, installed by the documented install
+step, and rendered by man(1) without a warning.
 """
 
 from __future__ import annotations
@@ -152,3 +152,50 @@ def test_the_installed_package_carries_the_pages_and_shipped_files():
             assert copy.read_bytes() == path.read_bytes(), copy
             assert os.access(copy, os.X_OK) == os.access(path, os.X_OK), copy
     assert (Path(sys.prefix) / "share" / "doc" / "dinit-booster" / "admin.md").read_bytes() == ADMIN.read_bytes()
+
+
+def install_step() -> list[str]:
+    """The lines of the admin guide's install block that place files outside
+    the virtualenv (the links), as written."""
+    install = ADMIN.read_text().split("\n## Install\n")[1].split("\n#")[0]
+    block = [line[4:] for line in install.splitlines() if line.startswith("    ")]
+    return [line for line in block if line.startswith(("ln ", "mkdir "))]
+
+
+def test_the_documented_install_step_makes_man_find_every_page(tmp_path):
+    """The guide's link commands, with /usr/local moved to a directory of the
+    test's and /opt/dinit-booster being this virtualenv: man finds and renders
+    each page there, and the links are what the uninstall's find removes."""
+    local = tmp_path / "local"
+    (local / "bin").mkdir(parents=True)
+    steps = install_step()
+    assert steps, "no install step found in docs/admin.md"
+    for step in steps:
+        command = step.replace("/opt/dinit-booster", sys.prefix).replace("/usr/local", str(local))
+        subprocess.run(["sh", "-ec", command], check=True, timeout=30)
+    manpath = str(local / "share" / "man")
+    for page in PAGES:
+        name, _, section = page.name.rpartition(".")
+        linked = local / "share" / "man" / f"man{section}" / page.name
+        assert linked.is_symlink() and linked.resolve() == (Path(sys.prefix) / "share" / "man" / f"man{section}" /
+                                                            page.name).resolve()
+        out = render("-M", manpath, section, name)
+        assert out.returncode == 0 and out.stderr == "", (page.name, out.stderr)
+        assert out.stdout.startswith(name.upper() + "(" + section + ")")
+    assert (local / "bin" / "booster").resolve() == (Path(sys.prefix) / "bin" / "booster").resolve()
+    version = subprocess.run([str(local / "bin" / "booster"), "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("booster (dinit-booster)")
+    # Uninstall: the guide's find removes exactly the links into the virtualenv.
+    unrelated = local / "share" / "man" / "man8" / "other.8"
+    unrelated.symlink_to("/usr/share/man/man8/other.8")
+    uninstall = next(line for line in uninstall_lines() if line.startswith("find "))
+    command = uninstall.replace("/opt/dinit-booster", sys.prefix).replace("/usr/local", str(local))
+    subprocess.run(["sh", "-ec", command], check=True, timeout=30)
+    left = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_symlink())
+    assert left == ["share/man/man8/other.8"], left
+
+
+def uninstall_lines() -> list[str]:
+    """The commands of the admin guide's uninstall block (a code block in a list item)."""
+    section = ADMIN.read_text().split("\n## Uninstall\n")[1].split("\n## ")[0]
+    return [line.strip() for line in section.splitlines() if line.startswith("       ")]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -121,3 +122,30 @@ def test_a_service_the_user_enables_in_a_login_starts_with_the_next(booster_fact
         second = login(b, user, REPORT)
         assert "agent=1" in second.stdout.splitlines(), second.stdout + second.stderr
         wait_gone(user.uid)
+
+
+def test_the_dinit_examples_installed_for_every_user_start_with_each_login(booster_factory):
+    """As the admin guide says for every user at once: the services in a
+    system-wide services directory, started through ``system_boot_dir``;
+    the user has no files of their own."""
+    if dinit_binary() is None:
+        pytest.skip(NO_DINIT)
+    # /etc/dinit.d/user on a real system; below /tmp, where users' instances can read it
+    system = tempfile.mkdtemp(prefix="bt-usersvc-", dir="/tmp")
+    try:
+        os.chmod(system, 0o755)
+        os.mkdir(os.path.join(system, "boot.d"))
+        for name in ("dbus", "ssh-agent"):
+            shutil.copy(EXAMPLES / "dinit" / name, os.path.join(system, name))
+            os.symlink(f"../{name}", os.path.join(system, "boot.d", name))
+        with pamkit.temp_user() as user:
+            b = booster_factory("dinit", services_dirs=["~/.config/dinit.d", system],
+                                system_boot_dir=os.path.join(system, "boot.d"))
+            out = login(b, user, REPORT)
+            lines = out.stdout.splitlines()
+            assert f"bus=unix:path={b.rundir(user.uid)}/bus" in lines, (out.stdout, b.log())
+            assert "bus answers" in lines and "agent=1" in lines, out.stdout + out.stderr
+            assert not os.path.exists(os.path.join(user.home, ".config", "dinit.d"))
+            wait_gone(user.uid)
+    finally:
+        shutil.rmtree(system)
