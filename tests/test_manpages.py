@@ -199,3 +199,21 @@ def uninstall_lines() -> list[str]:
     """The commands of the admin guide's uninstall block (a code block in a list item)."""
     section = ADMIN.read_text().split("\n## Uninstall\n")[1].split("\n## ")[0]
     return [line.strip() for line in section.splitlines() if line.startswith("       ")]
+
+
+def test_a_page_of_plain_markdown_is_built_like_the_others(tmp_path):
+    """How pam_booster(8) or any page without a parser comes in: its own
+    source, nothing but Markdown (and config defaults if it wants them)."""
+    source = tmp_path / "pam_example.8.md"
+    source.write_text("# NAME\n\npam_example - a module\n\n# SYNOPSIS\n\n"
+                      "    session optional pam_example.so [socket=PATH]\n\n"
+                      "# DESCRIPTION\n\nIt talks to `{default:socket}`, *quickly*.\n\n"
+                      "`socket=PATH`\n: The socket.\n\n- one\n- two\n\n# SEE ALSO\n\nbooster(8).\n")
+    name, text = generate.page(source)
+    assert name == "pam_example.8"
+    page = tmp_path / name
+    page.write_text(text)
+    out = render("-l", str(page))
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert "It talks to /run/booster/control.sock, quickly." in out.stdout
+    assert "session optional pam_example.so [socket=PATH]" in out.stdout
