@@ -5,8 +5,9 @@ a dinit binary is found, else runit, since dinit is not packaged in Debian),
 creates a demo user with one autostart service, logs the user in through a
 real PAM stack (``runuser -l`` under pam_wrapper, with the in-process
 pam_python line, so no file in /etc/pam.d is touched), shows the instance and
-the service running as that user inside the login, logs out, shows the
-teardown, and removes everything it made.
+the service running as that user inside the login, holds the login while root
+asks the booster about it (``WHILE_HELD``: ``booster status``), logs out,
+shows the teardown, and removes everything it made.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import pwd
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -27,6 +29,13 @@ from common.config import Config
 PAM_PYTHON = "/lib/security/pam_python.so"
 PAM_WRAPPER = "/usr/lib/x86_64-linux-gnu/libpam_wrapper.so"
 RUNUSER = "/usr/sbin/runuser"
+# What root asks the booster while the demo's login is held, each a booster
+# command (status first: the demo checks that it lists the user).
+WHILE_HELD = (
+    ("status",),
+)
+HELD = "login held: the demo logs out next"  # what the login shell says once it has shown its side
+LOGIN_TIMEOUT = 60.0
 
 
 def say(text: str) -> None:
@@ -36,6 +45,49 @@ def say(text: str) -> None:
 def run(argv, **kw) -> subprocess.CompletedProcess:
     print("$ " + " ".join(argv), flush=True)
     return subprocess.run(argv, text=True, **kw)
+
+
+def show(argv) -> subprocess.CompletedProcess:
+    """Run ``argv``, print what it printed, and return it."""
+    print("$ " + " ".join(argv), flush=True)
+    out = subprocess.run(argv, text=True, capture_output=True)
+    print(out.stdout + out.stderr, end="", flush=True)
+    return out
+
+
+def _output_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
+    """Print ``proc``'s output until a line says ``marker`` (or it ends, or
+    ``timeout`` passes); return what it printed.  Read from the descriptor:
+    a buffered reader could hold lines that select() no longer sees."""
+    deadline = time.monotonic() + timeout
+    fd = proc.stdout.fileno()
+    seen = b""
+    while (remaining := deadline - time.monotonic()) > 0 and (b"\n" + marker.encode() + b"\n") not in b"\n" + seen:
+        if not select.select([fd], [], [], remaining)[0]:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        sys.stdout.write(chunk.decode(errors="replace"))
+        sys.stdout.flush()
+        seen += chunk
+    return seen.decode(errors="replace")
+
+
+def _print_rest(proc: subprocess.Popen) -> None:
+    """Print what ``proc`` prints from here to its end."""
+    while chunk := os.read(proc.stdout.fileno(), 65536):
+        sys.stdout.write(chunk.decode(errors="replace"))
+    sys.stdout.flush()
+
+
+def _listed(table: str, name: str) -> bool:
+    """``booster status`` lists ``name`` as ready with one session."""
+    for row in table.splitlines():
+        fields = row.split()
+        if fields[:1] == [name]:
+            return len(fields) > 4 and fields[2] == "ready" and fields[4] == "1"
+    return False
 
 
 def _pam_wrapper() -> str | None:
@@ -100,7 +152,7 @@ def main(keep: bool = False) -> int:
     booster_bin, invoker_pkg = bindir / "booster", Path(__import__("invoker").__file__).parent
     work = Path(tempfile.mkdtemp(prefix="booster-demo-"))
     name = "bdemo" + secrets.token_hex(3)
-    server = None
+    server = login = None
     created_user = False
     try:
         say(f"starting the booster on its embedded defaults (backend {backend})")
@@ -141,13 +193,22 @@ def main(keep: bool = False) -> int:
         print(stack, end="")
         inside = ('echo "login shell: XDG_RUNTIME_DIR=$XDG_RUNTIME_DIR"; '
                   'echo "the autostart service says: $(cat "$XDG_RUNTIME_DIR/hello")"; '
-                  'ps -o pid,ppid,user,args -u "$USER"')
+                  'ps -o pid,ppid,user,args -u "$USER"; '
+                  f'echo "{HELD}"; read -r _ || true')
         env = dict(os.environ, LD_PRELOAD=_pam_wrapper(), PAM_WRAPPER="1", PAM_WRAPPER_SERVICE_DIR=str(pamdir))
-        login = run([RUNUSER, "-l", name, "-c", inside], env=env, capture_output=True)
-        print(login.stdout + login.stderr, end="")
+        print("$ " + " ".join([RUNUSER, "-l", name, "-c", inside]), flush=True)
+        login = subprocess.Popen([RUNUSER, "-l", name, "-c", inside], env=env, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        shell = _output_until(login, HELD, LOGIN_TIMEOUT)
         rundir = f"/run/user/{entry.pw_uid}"
-        seen = f"XDG_RUNTIME_DIR={rundir}" in login.stdout and f"hello from {name}" in login.stdout
-        status = run([str(booster_bin), "status"])
+        seen = f"XDG_RUNTIME_DIR={rundir}" in shell and f"hello from {name}" in shell
+
+        say("while the login is held, root asks the booster")
+        shown = {command[0]: show([str(booster_bin), *command]) for command in WHILE_HELD}
+        login.stdin.close()  # the login shell's `read` returns: it exits, and runuser closes the session
+        _print_rest(login)
+        login.wait(LOGIN_TIMEOUT)
+        listed = _listed(shown["status"].stdout, name)
 
         say("logged out: the last session ended, so the instance is stopped")
         deadline = time.monotonic() + 10
@@ -162,12 +223,19 @@ def main(keep: bool = False) -> int:
         for line in (work / "booster.log").read_text().splitlines():
             if any(k in line for k in ("session", "instance", "serving")):
                 print("  " + line)
-        ok = (login.returncode == 0 and seen and status.returncode == 0
-              and left.strip().count("\n") == 0 and not os.path.exists(rundir))
+        ok = (login.returncode == 0 and seen and all(out.returncode == 0 for out in shown.values())
+              and listed and left.strip().count("\n") == 0 and not os.path.exists(rundir))
         say("demo " + ("succeeded" if ok else "FAILED"))
         return 0 if ok else 1
     finally:
         say("cleaning up")
+        if login is not None and login.poll() is None:  # the demo failed while it held the login
+            login.stdin.close()
+            try:
+                login.wait(10)
+            except subprocess.TimeoutExpired:
+                login.kill()
+                login.wait()
         if server is not None and server.poll() is None:
             server.send_signal(signal.SIGTERM)
             try:

@@ -16,6 +16,7 @@ import argparse
 import os
 import signal
 import sys
+import textwrap
 
 from common import protocol as p
 from invoker import hook
@@ -138,6 +139,11 @@ def pam_lines(socket: str, mode: str, prewarm: bool) -> str:
     return "\n".join(out) + "\n"
 
 
+def pam_lines_main(args) -> int:
+    sys.stdout.write(pam_lines(args.socket, args.mode, args.prewarm))
+    return 0
+
+
 def _version() -> str:
     from importlib import metadata
 
@@ -149,41 +155,69 @@ def _version() -> str:
 
 # --- entry ---------------------------------------------------------------------------------
 
+_COMMANDS = ("open", "pam-lines", "--version", "-h", "--help")
+
+
+def _exits(*lines: str) -> str:
+    """An epilog listing exit codes, one per line (each wrapped on its own)."""
+    return "exit status:\n" + "\n".join(
+        textwrap.fill(line, 78, initial_indent="  ", subsequent_indent="     ") for line in lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The commands (``--help`` and invoker(8) are both made from this).  The
+    pam_exec hook, ``invoker`` with anything else, parses its own few options
+    (``invoker.hook``): it runs on every login and imports no argparse."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="invoker", formatter_class=formatter,
+        description=textwrap.fill("The PAM side of dinit-booster.  'invoker pam-lines' prints the lines to put in "
+                                  "/etc/pam.d.  Run from pam_exec.so with anything else, as 'invoker [--socket "
+                                  "PATH] [--timeout SECONDS] [--norundir] [--required]', it is the pam_exec hook "
+                                  "that older PAM lines name (the lines pam-lines prints start it faster).", 78),
+        epilog=_exits("0  done; as the hook: also any failure, unless --required is given",
+                      "1  failed (the reason on stderr); as the hook with --required: any failure",
+                      "2  usage error; the hook run outside PAM (no PAM_TYPE or PAM_USER)",
+                      "3  no booster running (open)"))
+    parser.add_argument("--version", action="version", version=f"invoker (dinit-booster) {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    lines = sub.add_parser(
+        "pam-lines", help="print the PAM lines for this installation", formatter_class=formatter,
+        description=textwrap.fill("Print the PAM lines for this installation, with its paths, to add to the "
+                                  "PAM services whose logins should get an instance.", 78),
+        epilog=_exits("0  printed", "2  usage error"))
+    lines.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
+                       help=f"the booster's socket (default {DEFAULT_SOCKET})")
+    lines.add_argument("--mode", choices=("exec", "python", "all"), default="all",
+                       help="pam_exec lines, pam_python lines, or both (default)")
+    lines.add_argument("--prewarm", action="store_true", help="add the account-phase pre-warm lines")
+    lines.set_defaults(func=pam_lines_main)
+
+    opened = sub.add_parser(
+        "open", help="open a session for a user and hold it (root; for debugging)", formatter_class=formatter,
+        description=textwrap.fill("Open a session for USER as a login would, print the environment the login "
+                                  "would get, and hold the session until Ctrl-C or SIGTERM (then close it in "
+                                  "order) or until the booster ends it.", 78),
+        epilog=_exits("0  closed, or ended by the booster", "1  failed to open, or the connection broke",
+                      "2  usage error", "3  no booster running",
+                      "N  the instance failed for good while the session was held: its own exit status, or "
+                      "128 + its signal"))
+    opened.add_argument("--user", required=True, metavar="NAME", help="whose session to open")
+    opened.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
+                        help=f"the booster's socket (default {DEFAULT_SOCKET})")
+    opened.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="seconds to wait for the instance at most (default 120)")
+    opened.add_argument("--norundir", action="store_true", help="do not manage XDG_RUNTIME_DIR for this session")
+    opened.set_defaults(func=open_main)
+    return parser
+
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["open"]:
-        parser = argparse.ArgumentParser(prog="invoker open", description="Open a session for a user and hold it "
-                                         "until Ctrl-C or until the booster ends it (for debugging).",
-                                         epilog="exit status: 0 closed; 1 failed; 2 usage; 3 no booster running; "
-                                                "the instance's own status if it failed for good")
-        parser.add_argument("--user", required=True, help="whose session to open")
-        parser.add_argument("--socket", default=DEFAULT_SOCKET, help=f"the booster's socket (default {DEFAULT_SOCKET})")
-        parser.add_argument("--timeout", type=float, default=120.0,
-                            help="seconds to wait for the instance at most (default 120)")
-        parser.add_argument("--norundir", action="store_true", help="do not manage XDG_RUNTIME_DIR for this session")
-        return open_main(parser.parse_args(argv[1:]))
-    if argv[:1] == ["pam-lines"]:
-        parser = argparse.ArgumentParser(prog="invoker pam-lines",
-                                         description="Print the PAM lines for this installation.")
-        parser.add_argument("--socket", default=DEFAULT_SOCKET, help=f"the booster's socket (default {DEFAULT_SOCKET})")
-        parser.add_argument("--mode", choices=("exec", "python", "all"), default="all",
-                            help="pam_exec lines, pam_python lines, or both (default)")
-        parser.add_argument("--prewarm", action="store_true", help="add the account-phase pre-warm lines")
-        args = parser.parse_args(argv[1:])
-        sys.stdout.write(pam_lines(args.socket, args.mode, args.prewarm))
-        return 0
-    if argv[:1] == ["--version"]:
-        print(f"invoker (dinit-booster) {_version()}")
-        return 0
-    if argv[:1] in (["-h"], ["--help"]):
-        print("usage: invoker pam-lines [--mode exec|python|all] [--prewarm] [--socket PATH]\n"
-              "       invoker open --user NAME [--socket PATH] [--timeout SECONDS] [--norundir]\n"
-              "       invoker --version\n"
-              "       invoker [--socket PATH] [--timeout SECONDS] [--norundir] [--required]   (from pam_exec.so)\n"
-              "\nThe PAM side of dinit-booster.  'invoker pam-lines' prints the lines to put in /etc/pam.d.\n"
-              "exit status: 0 ok; 1 failed; 2 usage, or not run from PAM; 3 no booster running (open)")
-        return 0
+    if argv[:1] and argv[0] in _COMMANDS:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
     return hook.run(argv)
 
 

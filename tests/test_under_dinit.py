@@ -2,10 +2,13 @@
 systemd unit, the PAM examples.
 
 A dinit of the test's own (not pid 1; its own services directory and control
-socket, never /run/dinitctl) runs ``systemd-dinit/booster`` with only its paths
-pointed at this test; the admin guide's ``dinitctl enable booster`` must not
-return before the booster serves, a user logs in through PAM, and
-``dinitctl stop booster`` must leave no process of the user behind.
+socket, never /run/dinitctl) runs ``systemd-dinit/booster`` with only its
+command and log file pointed at this test.  On a plain system dinit (nothing
+but ``boot``: no local.target, no login.target) the admin guide's ``dinitctl
+enable booster`` must not return before the booster serves, a user logs in
+through PAM, and ``dinitctl stop booster`` must leave no process of the user
+behind.  On a dinit that has the milestones of a booted system, the booster
+starts after local.target and is serving before login.target starts.
 """
 
 from __future__ import annotations
@@ -42,16 +45,22 @@ def dinitctl(control: Path, *args: str, timeout: float = 30) -> subprocess.Compl
 
 
 class SystemDinit:
-    """``dinit --system`` on a services directory holding the booster's service."""
+    """``dinit --system`` on a services directory holding the booster's service,
+    and ``boot`` (what a system's boot service looks like to ``dinitctl
+    enable``), with the ``extra`` services given (name: description) and the
+    booster already enabled if ``enabled``."""
 
-    def __init__(self, base: Path, booster_service: str) -> None:
+    def __init__(self, base: Path, booster_service: str, extra: dict[str, str] | None = None,
+                 enabled: bool = False) -> None:
         self.services = base / "dinit.d"
         (self.services / "boot.d").mkdir(parents=True)
-        # What a system's boot service looks like to `dinitctl enable`, and a
-        # stand-in for the system's local.target (the booster depends on it).
-        (self.services / "boot").write_text("type = internal\nwaits-for.d = boot.d\n")
-        (self.services / "local.target").write_text("type = internal\n")
+        waits = "".join(f"waits-for = {name}\n" for name in extra or {})
+        (self.services / "boot").write_text(f"type = internal\nwaits-for.d = boot.d\n{waits}")
+        for name, text in (extra or {}).items():
+            (self.services / name).write_text(text)
         (self.services / "booster").write_text(booster_service)
+        if enabled:
+            (self.services / "boot.d" / "booster").symlink_to("../booster")
         self.control = base / "dinitctl"
         self.log = base / "dinit.log"
         # An init's environment: nothing, not even PATH.
@@ -86,13 +95,19 @@ def dinit_tools():
         pytest.skip(f"no dinitctl beside {dinit_binary()}")
 
 
-def test_booster_under_system_dinit(dinit_tools, user, backend):
-    stop_timeout = 5.0
-    b = new_booster(backend, start=False, stop_timeout=stop_timeout)
-    service = adapt((SERVICE_FILES / "booster").read_text(), {
+def shipped_service(b) -> str:
+    """``systemd-dinit/booster`` with its command and log file pointed at ``b``."""
+    return adapt((SERVICE_FILES / "booster").read_text(), {
         "/opt/dinit-booster/bin/booster serve": f"{BOOSTER} serve --config {b.config_path}",
         "/var/log/booster.log": str(b.log_path),
     })
+
+
+def test_booster_under_system_dinit(dinit_tools, user, backend):
+    """A plain system dinit: the booster's service and ``boot``, nothing else."""
+    stop_timeout = 5.0
+    b = new_booster(backend, start=False, stop_timeout=stop_timeout)
+    service = shipped_service(b)
     dinit = None
     try:
         dinit = SystemDinit(b.base, service)
@@ -128,6 +143,38 @@ def test_booster_under_system_dinit(dinit_tools, user, backend):
             # removed its socket and state and said so.
             assert not os.path.exists(b.socket) and not os.path.exists(b.state_dir)
             assert " stopped part=booster" in b.log()
+    finally:
+        if dinit is not None:
+            dinit.stop()
+        failure = dispose(b)
+    assert failure is None, failure
+
+
+def test_booster_starts_after_local_target_and_serves_before_login_target(dinit_tools):
+    """Where the system has them (a dinit that booted it), the shipped file's
+    ordering holds: no booster process while local.target runs, and its socket
+    accepts once login.target starts."""
+    b = new_booster("runit", start=False)
+    seen_during_local = b.base / "during-local.target"
+    seen_at_login = b.base / "at-login.target"
+    extra = {
+        # Early boot that takes a while: the booster must not start meanwhile
+        # ("[b]ooster": a pattern that does not match this shell's own command line).
+        "local.target": f'type = scripted\ncommand = /bin/sh -c "/bin/sleep 0.5; /usr/bin/pgrep -f '
+                        f'\'[b]ooster serve --config {b.config_path}\' > {seen_during_local}; exit 0"\n',
+        # Logins allowed: the booster must serve by now.
+        "login.target": f'type = scripted\ncommand = /bin/sh -c "if /usr/bin/test -S {b.socket}; then echo serving; '
+                        f'else echo absent; fi > {seen_at_login}"\n',
+    }
+    dinit = None
+    try:
+        dinit = SystemDinit(b.base, shipped_service(b), extra, enabled=True)
+        pamkit.wait_for(lambda: "STARTED" in dinit.ctl("status", "login.target").stdout, 30,
+                        desc="login.target started")
+        assert seen_during_local.read_text() == "", "the booster ran before local.target had started"
+        assert seen_at_login.read_text() == "serving\n", "login.target started before the booster served"
+        assert "STARTED" in dinit.ctl("status", "booster").stdout
+        assert b.status()["users"] == []
     finally:
         if dinit is not None:
             dinit.stop()
