@@ -37,7 +37,8 @@ def _load(path: str | None):
     try:
         return config_mod.load_default_or(path)
     except config_mod.ConfigError as exc:
-        print(f"booster: {exc}", file=sys.stderr)
+        for error in exc.errors:  # every problem of the file, a line each
+            print(f"booster: {error}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
 
 
