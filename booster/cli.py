@@ -70,7 +70,14 @@ def cmd_serve(args) -> int:
 def _run(cfg, source: str, target: str, ready_fd: int | None, report_failure=None) -> int:
     from booster import daemon, log
 
-    log.setup(cfg.log_level, target, cfg.log_format)
+    try:
+        log.setup(cfg.log_level, target, cfg.log_format)
+    except log.LogFileError as exc:
+        reason = f"cannot open the log file (log_target): {exc}"
+        print(f"booster: {reason}", file=sys.stderr)
+        if report_failure is not None:
+            report_failure(reason)
+        return EXIT_FAILED
     log.get("booster").info("config loaded", source=source)
     # ``source`` is the absolute path of the file read, or says the defaults were used.
     return asyncio.run(daemon.serve(cfg, ready_fd, report_failure, source if source.startswith("/") else None))
@@ -87,10 +94,16 @@ def _daemonize(cfg, source: str, args) -> int:
     if pidfile is not None and (problem := _take_over_stale_pidfile(pidfile)):
         print(f"booster: {problem}", file=sys.stderr)
         return EXIT_FAILED
-    # A daemon does not log to the terminal it was started from: syslog if
-    # there is one (unless log_target says stderr), else the stderr it was
-    # given, kept open (booster serve --daemon 2>>/var/log/booster.log).
-    target = "syslog" if cfg.log_target != "stderr" and logtarget.syslog_available() else "stderr"
+    # A daemon does not log to the terminal it was started from: to the file
+    # log_target names, else syslog if there is one (unless log_target says
+    # stderr), else the stderr it was given, kept open (booster serve --daemon
+    # 2>>/var/log/booster.log).
+    if cfg.log_target.startswith("/"):
+        target = cfg.log_target
+    elif cfg.log_target != "stderr" and logtarget.syslog_available():
+        target = "syslog"
+    else:
+        target = "stderr"
     if target == "stderr" and sys.stderr.isatty():
         print("booster: logging to this terminal (no syslog at /dev/log); redirect stderr to keep the log",
               file=sys.stderr)

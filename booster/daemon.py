@@ -522,7 +522,19 @@ class Booster:
         self._stop.set()
 
     def _record_hup(self) -> None:
-        self._log.info("SIGHUP ignored: restart the booster to load a changed config")
+        """SIGHUP: a log file of the booster's own is opened afresh (after a
+        rotation); the config is not reloaded."""
+        try:
+            path = log.reopen()
+        except log.LogFileError as exc:
+            self._log.error("SIGHUP: cannot reopen the log file; still writing to the old one", error=str(exc))
+            return
+        if path is None:
+            self._log.info("SIGHUP ignored: the log is not a file of the booster's, and a changed config needs "
+                           "a restart (or reexec) of the booster")
+        else:
+            self._log.info("log file reopened on SIGHUP; a changed config needs a restart (or reexec) of the "
+                           "booster", path=path)
 
     async def main_loop(self) -> None:
         await self._stop.wait()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -107,9 +110,69 @@ def test_config_prints_the_effective_configuration(tmp_path):
 def test_sighup_is_logged_and_ignored(booster_factory):
     b = booster_factory("runit")
     os.kill(b.pid, signal.SIGHUP)
-    b.wait_log("SIGHUP ignored")
+    b.wait_log("SIGHUP ignored: the log is not a file of the booster's, and a changed config needs a restart")
     time.sleep(0.2)
     assert b.proc.poll() is None and b.status()["users"] == []
+
+
+ISO_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d (debug|info|warning|error) ")
+
+
+def test_text_log_lines_start_with_an_iso_8601_date_and_time(booster_factory):
+    b = booster_factory("runit")
+    b.stop()
+    lines = b.log().splitlines()
+    assert lines and all(ISO_LINE.match(line) for line in lines), lines[:3]
+    stamp = datetime.datetime.fromisoformat(lines[0].split(" ", 1)[0])
+    assert stamp.utcoffset() is not None
+    assert abs(stamp.timestamp() - time.time()) < 120
+
+
+def test_sighup_reopens_the_log_file_the_booster_owns(booster_factory):
+    """log_target names a file: logrotate renames it, SIGHUP makes the booster
+    write to a new file of that name; the renamed one gets nothing more."""
+    b = booster_factory("runit", start=False)
+    own = b.base / "logs" / "booster.log"
+    own.parent.mkdir(mode=0o755)
+    b.config["log_target"] = str(own)
+    b.config_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in b.config.items()))
+    b.start()
+    pamkit.wait_for(lambda: own.exists() and "serving" in own.read_text(), 10, desc="the booster logging to its file")
+    assert stat.S_IMODE(own.stat().st_mode) == 0o640 and own.stat().st_uid == 0
+    assert all(ISO_LINE.match(line) for line in own.read_text().splitlines())
+    rotated = own.with_name("booster.log.1")
+    os.rename(own, rotated)
+    os.kill(b.pid, signal.SIGHUP)
+    pamkit.wait_for(lambda: own.exists() and "log file reopened on SIGHUP" in own.read_text(), 10,
+                    desc="a new log file")
+    b.status()  # the booster answers; its lines about that go to the new file
+    b.stop()
+    new = own.read_text()
+    assert "stopped part=booster" in new and "serving" not in new
+    old = rotated.read_text()
+    assert "serving" in old and "stopped" not in old and "reopened" not in old
+
+
+def test_an_unsafe_log_file_is_refused_at_start(booster_factory, tmp_path):
+    b = booster_factory("runit", start=False)
+    victim = b.base / "victim"
+    victim.write_text("")
+    link = b.base / "booster.log"
+    link.symlink_to(victim)
+    b.config["log_target"] = str(link)
+    b.config_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in b.config.items()))
+    out = serve(b.config_path)
+    assert out.returncode == 1, out.stderr
+    assert f"booster: cannot open the log file (log_target): {link}:" in out.stderr
+    assert victim.read_text() == ""
+    with pamkit.temp_user() as u:
+        theirs = b.base / "theirs.log"
+        theirs.write_text("")
+        os.chown(theirs, u.uid, u.gid)
+        b.config["log_target"] = str(theirs)
+        b.config_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in b.config.items()))
+        out = serve(b.config_path)
+        assert out.returncode == 1 and f"{theirs}: owned by uid {u.uid}, not root" in out.stderr, out.stderr
 
 
 # --- the command line itself ------------------------------------------------------------
