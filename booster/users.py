@@ -555,10 +555,11 @@ class UserInstance:
         def log_lines(lines) -> None:
             for text, cut in lines:
                 proc.last_output.append(text[:200])
+                emit = logger.debug if proc.launch.routine_output(text) else logger.info
                 if cut:
-                    logger.info("instance output", line=text, cut=True)
+                    emit("instance output", line=text, cut=True)
                 else:
-                    logger.info("instance output", line=text)
+                    emit("instance output", line=text)
 
         def report_dropped() -> None:
             nonlocal summary
