@@ -197,7 +197,7 @@ def test_every_option_has_help_and_every_command_its_exit_codes():
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) == {"serve", "status", "terminate", "linger", "config", "demo"}
+    assert set(commands) == {"serve", "status", "sessions", "logs", "terminate", "linger", "config", "demo"}
     for name, sub in [("booster", parser), *commands.items()]:
         for action in sub._actions:
             if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
@@ -212,7 +212,8 @@ def test_every_option_has_help_and_every_command_its_exit_codes():
 
 def test_usage_errors_exit_2():
     for argv in (["frobnicate"], ["terminate"], ["linger", "maybe", "root"], ["linger", "enable"],
-                 ["status", "--timeout", "soon"], ["serve", "--pidfile", "/tmp/x.pid"]):
+                 ["status", "--timeout", "soon"], ["serve", "--pidfile", "/tmp/x.pid"], ["logs", "-n", "-1"],
+                 ["logs", "-n", "many"], ["sessions", "a", "b"]):
         out = booster(*argv)
         assert out.returncode == 2, (argv, out.stderr)
         assert out.stderr.startswith("usage: booster"), (argv, out.stderr)
@@ -258,7 +259,7 @@ def test_control_commands_find_the_socket_as_the_booster_does(booster_factory, t
     assert out.returncode == 3 and f"booster: not running ({tmp_path / 'elsewhere.sock'}:" in out.stderr
     dead = tmp_path / "dead.toml"
     dead.write_text(f'socket = "{tmp_path / "dead.sock"}"\n')
-    for argv in (["status"], ["terminate", "root"], ["linger", "enable", "root"]):
+    for argv in (["status"], ["sessions"], ["logs"], ["logs", "-f"], ["terminate", "root"], ["linger", "enable", "root"]):
         out = booster(*argv, "--config", str(dead))
         assert out.returncode == 3 and f"not running ({tmp_path / 'dead.sock'}:" in out.stderr, (argv, out.stderr)
     # No option: the default config file's socket...
@@ -323,3 +324,17 @@ def test_status_notes_flags_and_how_a_failed_instance_ended():
     killed = entry(state="failed", signal=9, detail="killed")
     assert _entry_note(killed) == "killed by SIGKILL, killed"
     assert _entry_json(killed)["exit_status"] is None and _entry_json(killed)["signal"] == 9
+
+
+def test_a_booster_older_than_the_command_is_named_so(capsys):
+    """An older booster answers a request type it does not know with ERROR
+    MALFORMED; the command says what that means."""
+    import argparse
+
+    from booster.cli import EXIT_FAILED, _client_failure
+    from invoker.client import Refused
+
+    args = argparse.Namespace(command="sessions", user=None)
+    assert _client_failure(Refused(1, "unknown message type 16"), args) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "the running booster does not know this request (it is older than this command)" in err
