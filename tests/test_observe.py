@@ -367,3 +367,52 @@ def test_a_follower_hears_the_booster_stop(booster_factory):
             finally:
                 pamkit.terminate(follower)
         wait_gone(u.uid)
+
+
+def test_logs_last_across_a_restart_and_say_why_an_instance_failed(booster_factory):
+    from harness import dinit_binary, wait_failed
+
+    if dinit_binary() is None:
+        pytest.skip("dinit not found")
+    b = booster_factory("dinit")
+    with pamkit.temp_user() as u:
+        install_script_service(u, "dinit", "ticks", TICKS)
+        with exec_service(b) as svc, pamkit.HeldSession(svc, u.name):
+            first = instance_of(b, u.name)
+            pamkit.wait_for(lambda: "tick 1" in booster("logs", "--socket", b.socket, u.name).stdout, 20,
+                            desc="a tick kept")
+            os.kill(first, 9)
+            pamkit.wait_for(lambda: instance_of(b, u.name) not in (None, first), 20, desc="the instance restarted")
+            second = instance_of(b, u.name)
+            pamkit.wait_for(lambda: f"booster: instance {second} started" in booster(
+                "logs", "--socket", b.socket, u.name).stdout, 10, desc="the restart noted")
+            texts = log_texts(booster("logs", "--socket", b.socket, u.name).stdout)
+            notes = [t for t in texts if t.startswith("booster: ")]
+            assert notes == [f"booster: instance {first} started (dinit)", f"booster: instance {first} killed by SIGKILL",
+                             f"booster: instance {second} started (dinit)"], texts
+            assert texts.index("tick 1") < texts.index(notes[1])  # the first instance's output is still there
+        wait_gone(u.uid)
+        # A broken service in boot.d: the instance fails for good; its user is kept, and so is why.
+        with open(os.path.join(u.home, ".config", "dinit.d", "ticks"), "a") as fh:
+            fh.write("this is not a setting\n")
+        with exec_service(b) as svc, pamkit.HeldSession(svc, u.name):
+            wait_failed(b, u.name)
+        texts = log_texts(booster("logs", "--socket", b.socket, u.name).stdout)
+        assert any(t.startswith("booster: instance did not start: instance exited with status 0 before it was ready")
+                   for t in texts), texts
+        assert any("Error in service description for 'ticks'" in t for t in texts), texts
+        out = booster("logs", "--socket", b.socket, user=u)
+        assert "booster: instance did not start" in out.stdout
+        assert booster("terminate", "--socket", b.socket, u.name).returncode == 0
+        assert "has no instance" in booster("logs", "--socket", b.socket, u.name).stderr
+
+
+def test_a_session_kind_comes_from_its_clients_agent():
+    from booster.users import session_kind
+
+    assert session_kind("invoker/pam_exec open_session") == "pam_exec"
+    assert session_kind("invoker/pam_python") == session_kind("invoker/pam_python account") == "pam_python"
+    assert session_kind("pam_booster open_session") == "native"
+    assert session_kind("invoker/open") == "invoker open"
+    for agent in ("", "booster-status", "invoker/pam_executioner", "pam_boosterx", "invoker/opener", "test"):
+        assert session_kind(agent) == "other", agent
