@@ -613,7 +613,7 @@ class ClientConnection:
         if not follow:
             await self.send(p.LogEnd(count=min(count, 0xFFFFFFFF)))
             return
-        self._log.info("following the instance's output")
+        self._log.debug("following the instance's output")
         # Nothing may come from the client now but its end-of-file (or a
         # shutdown from the booster): one wait for it, across every line.
         ending = self.loop.create_task(self._next(None))
@@ -641,7 +641,7 @@ class ClientConnection:
                     if kind == "msg":
                         raise Refused(p.ErrorCode.UNEXPECTED_MESSAGE,
                                       f"{type(value).__name__} while following a log")
-                    self._log.info("stopped following the instance's output", lines=count)
+                    self._log.debug("stopped following the instance's output", lines=count)
                     return  # end-of-file: the follower left
         finally:
             ending.cancel()
