@@ -23,6 +23,7 @@ CONNECT_TIMEOUT = 0.1   # a booster that does not accept within this is treated 
 HANDSHAKE_TIMEOUT = 5.0
 WAIT_MARGIN = 2.0       # beyond the booster's announced wait, for the frame to arrive
 REQUEST_TIMEOUT = 5.0   # PREWARM, TERMINATE, LINGER, CLOSE_SESSION: answered at once
+REFUSAL_READ_TIMEOUT = 0.1  # for the ERROR of a booster that hung up on our HELLO
 _TIMEVAL = Struct("@ll")  # struct timeval, for SO_SNDTIMEO
 
 
@@ -88,7 +89,19 @@ class Client:
             raise BoosterUnavailable(f"{self.path}: {exc.strerror or exc}") from None
         self.sock = sock
         hello = self._frame(w.MSG_HELLO, posix.getpid(), own_pidns(), self.hello_flags, self.agent[:64])
-        self._write(hello + request)
+        try:
+            self._write(hello + request)
+        except ConnectionLost as lost:
+            # A booster that refuses a connection (a limit reached, or it is
+            # stopping) sends an ERROR and closes without reading: the frame
+            # saying why may be waiting even though our write failed.
+            try:
+                self._receive(time.monotonic() + REFUSAL_READ_TIMEOUT)
+            except Refused:
+                raise
+            except ClientError:
+                pass
+            raise lost
         type_, values = self._receive(time.monotonic() + HANDSHAKE_TIMEOUT)
         if type_ != w.MSG_HELLO:
             raise ConnectionLost(f"unexpected {_name(type_)} in the handshake")
