@@ -25,8 +25,8 @@ import signal
 
 from booster import safefs
 from booster.backends import dinit_control
-from booster.output import escape
 from booster.backends.base import Backend, InstanceSpec, Launch, StartError, read_until, resolve
+from booster.output import escape
 
 READY_FD = 3
 READY_LIMIT = 4096
