@@ -37,8 +37,7 @@ def log_time(b: harness.BoosterProc, text: str, after: float, timeout: float = 1
     while time.monotonic() < deadline:
         for line in b.log().splitlines():
             if text in line:
-                stamp = datetime.datetime.combine(datetime.date.today(),
-                                                  datetime.time.fromisoformat(line.split()[0])).timestamp()
+                stamp = datetime.datetime.fromisoformat(line.split()[0]).timestamp()  # ISO 8601 with its offset
                 if stamp >= after - 0.001:
                     return stamp
         time.sleep(0.005)

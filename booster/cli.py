@@ -1,6 +1,6 @@
-"""``booster``: serve, status, terminate, linger, config, demo.
+"""``booster``: serve, status, sessions, logs, terminate, linger, config, demo.
 
-The control commands (status, terminate, linger) find the booster's socket the
+The control commands (status, sessions, logs, terminate, linger) find the booster's socket the
 way the booster does: ``--socket``, else the ``socket`` of ``--config``, else of
 the default config file if it exists, else the embedded default.
 
@@ -37,7 +37,8 @@ def _load(path: str | None):
     try:
         return config_mod.load_default_or(path)
     except config_mod.ConfigError as exc:
-        print(f"booster: {exc}", file=sys.stderr)
+        for error in exc.errors:  # every problem of the file, a line each
+            print(f"booster: {error}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
 
 
@@ -69,7 +70,14 @@ def cmd_serve(args) -> int:
 def _run(cfg, source: str, target: str, ready_fd: int | None, report_failure=None) -> int:
     from booster import daemon, log
 
-    log.setup(cfg.log_level, target, cfg.log_format)
+    try:
+        log.setup(cfg.log_level, target, cfg.log_format)
+    except log.LogFileError as exc:
+        reason = f"cannot open the log file (log_target): {exc}"
+        print(f"booster: {reason}", file=sys.stderr)
+        if report_failure is not None:
+            report_failure(reason)
+        return EXIT_FAILED
     log.get("booster").info("config loaded", source=source)
     # ``source`` is the absolute path of the file read, or says the defaults were used.
     return asyncio.run(daemon.serve(cfg, ready_fd, report_failure, source if source.startswith("/") else None))
@@ -86,10 +94,16 @@ def _daemonize(cfg, source: str, args) -> int:
     if pidfile is not None and (problem := _take_over_stale_pidfile(pidfile)):
         print(f"booster: {problem}", file=sys.stderr)
         return EXIT_FAILED
-    # A daemon does not log to the terminal it was started from: syslog if
-    # there is one (unless log_target says stderr), else the stderr it was
-    # given, kept open (booster serve --daemon 2>>/var/log/booster.log).
-    target = "syslog" if cfg.log_target != "stderr" and logtarget.syslog_available() else "stderr"
+    # A daemon does not log to the terminal it was started from: to the file
+    # log_target names, else syslog if there is one (unless log_target says
+    # stderr), else the stderr it was given, kept open (booster serve --daemon
+    # 2>>/var/log/booster.log).
+    if cfg.log_target.startswith("/"):
+        target = cfg.log_target
+    elif cfg.log_target != "stderr" and logtarget.syslog_available():
+        target = "syslog"
+    else:
+        target = "stderr"
     if target == "stderr" and sys.stderr.isatty():
         print("booster: logging to this terminal (no syslog at /dev/log); redirect stderr to keep the log",
               file=sys.stderr)
@@ -243,6 +257,10 @@ def _client_failure(exc, args) -> int:
     if isinstance(exc, Refused) and args.user and (exc.code == p.ErrorCode.UNKNOWN_USER
                                                    or not _known_user(args.user)):
         return _no_such_user(args.user)
+    if isinstance(exc, Refused) and exc.code == p.ErrorCode.MALFORMED and "unknown message type" in exc.text:
+        print(f"booster: {args.command}: the running booster does not know this request (it is older than this "
+              "command): restart it, or reexec it, to run the installed version", file=sys.stderr)
+        return EXIT_FAILED
     print(f"booster: {args.command}: {exc}", file=sys.stderr)
     return EXIT_FAILED
 
@@ -252,7 +270,7 @@ def cmd_status(args) -> int:
 
     socket = _control_socket(args)
     try:
-        entries, pool = query_status(socket, args.user or "", timeout=args.timeout)
+        entries, pool, usage = query_status(socket, args.user or "", timeout=args.timeout, usage=True)
     except ClientError as exc:
         return _client_failure(exc, args)
     if args.user and not entries and not _known_user(args.user):
@@ -260,28 +278,66 @@ def cmd_status(args) -> int:
     if args.json:
         import json
 
-        print(json.dumps({"pool": pool, "users": [_entry_json(e) for e in entries]}, indent=1))
+        print(json.dumps({"pool": pool, "users": [_entry_json(e, usage.get(e.uid)) for e in entries]}, indent=1))
         return EXIT_OK
     if args.user and not entries:
         print(f"{args.user}: no instance (no session, not lingering)")
         return EXIT_OK
-    print(f"{'USER':<16} {'UID':>7} {'STATE':<9} {'PID':>8} {'SESSIONS':>8} {'RESTARTS':>8} {'BACKEND':<7} NOTE")
+    print(f"{'USER':<16} {'UID':>7} {'STATE':<9} {'PID':>8} {'RSS':>6} {'CPU':>8} {'STARTED':>10} {'SESSIONS':>8} "
+          f"{'RESTARTS':>8} {'BACKEND':<7} NOTE")
     for e in entries:
-        print(f"{e.user:<16} {e.uid:>7} {e.state:<9} {e.pid or '-':>8} {e.sessions:>8} {e.restarts:>8} "
+        used = usage.get(e.uid)
+        measured = used is not None and used.source
+        print(f"{e.user:<16} {e.uid:>7} {e.state:<9} {e.pid or '-':>8} "
+              f"{_size(used.rss) if measured else '-':>6} {_cpu(used.cpu_ms) if measured else '-':>8} "
+              f"{_when(used.started_ms, short=True) if measured else '-':>10} {e.sessions:>8} {e.restarts:>8} "
               f"{e.backend:<7} {_entry_note(e)}".rstrip())
     if os.geteuid() == 0:
         print(f"warm children: {pool}")
     return EXIT_OK
 
 
-def _entry_json(e) -> dict:
+def _size(n: int) -> str:
+    """Bytes as ps and top show them: 812K, 3.6M, 1.2G."""
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+    return f"{n}B"
+
+
+def _cpu(ms: int) -> str:
+    """CPU time as minutes:seconds.hundredths (hours:minutes:seconds past an hour)."""
+    seconds, cs = divmod(ms // 10, 100)
+    minutes, seconds = divmod(seconds, 60)
+    if minutes >= 60:
+        return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+    return f"{minutes}:{seconds:02d}.{cs:02d}"
+
+
+def _when(ms: int, short: bool = False) -> str:
+    """Milliseconds since the epoch as local ISO 8601 with the UTC offset; short:
+    the time of day for today, else the date."""
+    import datetime
+
+    stamp = datetime.datetime.fromtimestamp(ms / 1000).astimezone()
+    if short:
+        return stamp.strftime("%H:%M:%S") if stamp.date() == datetime.date.today() else stamp.strftime("%Y-%m-%d")
+    return stamp.isoformat(timespec="milliseconds")
+
+
+def _entry_json(e, used=None) -> dict:
     from common import protocol as p
 
+    measured = used is not None and bool(used.source)
     return {"uid": e.uid, "user": e.user, "state": e.state, "pid": e.pid, "sessions": e.sessions,
             "restarts": e.restarts, "backend": e.backend,
             "linger": bool(e.flags & p.StatusFlags.LINGER), "prewarmed": bool(e.flags & p.StatusFlags.PREWARMED),
             "exit_status": None if e.exit_status < 0 else e.exit_status, "signal": e.signal or None,
-            "detail": e.detail}
+            "detail": e.detail,
+            "rss": used.rss if measured else None, "cpu_ms": used.cpu_ms if measured else None,
+            "started": _when(used.started_ms) if measured else None,
+            "processes": used.processes if measured else None, "usage_source": used.source if measured else None}
 
 
 def _entry_note(e) -> str:
@@ -300,6 +356,94 @@ def _entry_note(e) -> str:
     if e.detail:
         notes.append(e.detail)
     return ", ".join(notes)
+
+
+def cmd_sessions(args) -> int:
+    from booster.output import escape
+    from common import protocol as p
+    from invoker.client import ClientError, query_sessions
+
+    socket = _control_socket(args)
+    try:
+        entries = query_sessions(socket, args.user or "", timeout=args.timeout)
+    except ClientError as exc:
+        return _client_failure(exc, args)
+    if args.user and not entries and not _known_user(args.user):
+        return _no_such_user(args.user)
+    if args.json:
+        import json
+
+        print(json.dumps({"sessions": [_session_json(e) for e in entries]}, indent=1))
+        return EXIT_OK
+    if args.user and not entries:
+        print(f"{args.user}: no session")
+        return EXIT_OK
+    print(f"{'ID':>6} {'USER':<16} {'UID':>7} {'KIND':<12} {'SERVICE':<12} {'TTY':<8} {'LEADER':>8} "
+          f"{'OPENED':<19} RHOST")
+    for e in entries:
+        kind = e.kind + ("*" if e.flags & p.SessionFlags.WAITING else "")
+        print(f"{e.session_id:>6} {e.user:<16} {e.uid:>7} {escape(kind):<12} {escape(e.service) or '-':<12} "
+              f"{escape(e.tty) or '-':<8} {e.leader_pid or '-':>8} {_when(e.opened_ms)[:19]:<19} "
+              f"{escape(e.rhost) or '-'}")
+    if any(e.flags & p.SessionFlags.WAITING for e in entries):
+        print("*: waiting for the instance")
+    return EXIT_OK
+
+
+def _session_json(e) -> dict:
+    from common import protocol as p
+
+    return {"id": e.session_id, "user": e.user, "uid": e.uid, "service": e.service, "tty": e.tty,
+            "rhost": e.rhost, "ruser": e.ruser, "leader_pid": e.leader_pid or None, "kind": e.kind,
+            "opened": _when(e.opened_ms), "bound": bool(e.flags & p.SessionFlags.BOUND),
+            "waiting": bool(e.flags & p.SessionFlags.WAITING)}
+
+
+def cmd_logs(args) -> int:
+    from booster.output import displayable
+    from common import protocol as p
+    from invoker.client import Client, ClientError
+
+    socket = _control_socket(args)
+    client = Client(socket, "booster-logs")
+    shown, last = 0, None
+    try:
+        client.connect(timeout=min(args.timeout, 1.0))
+        lines = client.logs(args.user or "", args.lines, args.follow, timeout=args.timeout)
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration as stop:
+                end = stop.value
+                break
+            if last is not None and line.seq > last + 1:
+                print(f"-- {line.seq - last - 1} lines missed (no longer kept) --")
+            last = line.seq
+            text = displayable(line.text)
+            if line.flags & p.LineFlags.NOTE:
+                text = f"booster: {text}"
+            if line.flags & p.LineFlags.CUT:
+                text += " [cut]"
+            print(f"{_when(line.time_ms)} {text}", flush=args.follow)
+            shown += 1
+    except ClientError as exc:
+        return _client_failure(exc, args)
+    except KeyboardInterrupt:
+        return EXIT_OK  # the user stopped following
+    except BrokenPipeError:  # `booster logs | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    finally:
+        if client.sock is not None:
+            client.disconnect()
+    if end is None:
+        print("booster: logs: the booster closed the connection", file=sys.stderr)
+        return EXIT_FAILED
+    if end.text and not shown and args.user and not _known_user(args.user):
+        return _no_such_user(args.user)
+    if end.text:
+        print(f"booster: {displayable(end.text)}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _known_user(name: str) -> bool:
@@ -404,6 +548,17 @@ def _text(paragraph: str) -> str:
     return textwrap.fill(paragraph, 78)
 
 
+def _count(text: str) -> int:
+    """A number of lines: 0 or more, at most what the protocol carries."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of lines: {text!r}") from None
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"not a number of lines: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from invoker.cli import _version
 
@@ -413,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=_text("dinit-booster: a supervised dinit (or runit) instance for every logged-in user."),
         epilog=_exits("0  done", "1  failed (the reason on stderr)",
                       "2  usage or configuration error, or not root where root is needed",
-                      "3  no booster running (status, terminate, linger)"))
+                      "3  no booster running (status, sessions, logs, terminate, linger)"))
     parser.add_argument("--version", action="version", version=f"booster (dinit-booster) {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -438,8 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser(
         "status", help="show users' instances", formatter_class=formatter,
-        description=_text("Show each user's instance: state, pid, sessions, restarts.  Root sees every user; "
-                    "other users see only themselves."),
+        description=_text("Show each user's instance: state, pid, memory (RSS: the whole cgroup's where the "
+                    "instance has one), CPU time, start time, sessions, restarts.  Root sees every user; other "
+                    "users see only themselves."),
         epilog=_exits("0  listed (also for a user who has no instance)",
                       "1  failed: no such user, or refused (another user's status)",
                       "2  usage or configuration error", "3  no booster running"))
@@ -450,6 +606,43 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                         help="give up after this many seconds (default 5)")
     status.set_defaults(func=cmd_status)
+
+    sessions = sub.add_parser(
+        "sessions", help="list the sessions users hold", formatter_class=formatter,
+        description=_text("One line per session: id, user, uid, kind (pam_exec, pam_python, native, invoker open, "
+                    "other), PAM service, tty, session leader pid, when it opened, remote host.  Root sees every "
+                    "session; other users see only their own."),
+        epilog=_exits("0  listed (also for a user who has no session)",
+                      "1  failed: no such user, or refused (another user's sessions)",
+                      "2  usage or configuration error", "3  no booster running"))
+    sessions.add_argument("user", nargs="?", metavar="USER", help="only this user's sessions")
+    sessions.add_argument("--socket", metavar="PATH", help=_SOCKET_HELP)
+    sessions.add_argument("--config", metavar="FILE", help=_CONFIG_HELP + "; read for its socket")
+    sessions.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sessions.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                          help="give up after this many seconds (default 5)")
+    sessions.set_defaults(func=cmd_sessions)
+
+    logs = sub.add_parser(
+        "logs", help="show the recent output of a user's instance", formatter_class=formatter,
+        description=_text("Show what USER's instance printed lately (dinit's messages, and what services write "
+                    "to its output), as the booster keeps it (output_buffer_size bytes a user, escaped), with "
+                    "the booster's notes (an instance started or ended, lines dropped).  Without USER: your own.  "
+                    "Users see their own; root sees anyone's."),
+        epilog=_exits("0  shown (also when nothing is kept); with -f: until Ctrl-C or the booster ends it",
+                      "1  failed: no such user, or refused (another user's output), or the booster went away",
+                      "2  usage or configuration error", "3  no booster running"))
+    logs.add_argument("user", nargs="?", metavar="USER", help="whose instance (default: your own)")
+    logs.add_argument("-n", "--lines", type=_count, default=0, metavar="N",
+                      help="only the last N lines kept (default: all)")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="then show new lines as they come, until Ctrl-C")
+    logs.add_argument("--socket", metavar="PATH", help=_SOCKET_HELP)
+    logs.add_argument("--config", metavar="FILE", help=_CONFIG_HELP + "; read for its socket")
+    logs.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                      help="give up after this many seconds (default 5; with -f only the connection is "
+                           "bounded: lines come when the instance prints them)")
+    logs.set_defaults(func=cmd_logs)
 
     terminate = sub.add_parser(
         "terminate", help="end all of a user's sessions and stop their instance (root)", formatter_class=formatter,

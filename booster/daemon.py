@@ -39,7 +39,7 @@ from booster.peers import identify_leader, still_parent
 from booster.pool import WarmPool
 from booster.reaper import Reaper, start_time
 from booster.server import ClientConnection, Listener, Refused
-from booster.users import KILL_GRACE, Session, UserInstance, UserState
+from booster.users import KILL_GRACE, Session, UserInstance, UserState, session_kind
 from common import protocol as p
 from common.config import Config
 
@@ -341,6 +341,7 @@ class Booster:
             id=self._next_session, user=None, service=req.service, tty=req.tty, rhost=req.rhost,
             ruser=req.ruser, leader_pid=leader, client_leader_pid=req.leader_pid,
             client_pidns=hello.pidns, bound=conn is not None, ready=self.loop.create_future(), conn=conn,
+            kind=session_kind(hello.agent),
         )
         if leader:
             try:
@@ -419,6 +420,7 @@ class Booster:
         shows why until the next login)."""
         if self.users.get(user.account.uid) is user and user.state is not UserState.FAILED:
             del self.users[user.account.uid]
+            user.forgotten()
         self.state_changed()
 
     # --- requests about users ------------------------------------------------------------
@@ -447,6 +449,7 @@ class Booster:
         await stopped
         if self.users.get(account.uid) is user and user.state is UserState.FAILED and user.task is None:
             del self.users[account.uid]  # terminate clears a failure record too
+            user.forgotten()
             self.state_changed()
         return len(sessions)
 
@@ -522,7 +525,19 @@ class Booster:
         self._stop.set()
 
     def _record_hup(self) -> None:
-        self._log.info("SIGHUP ignored: restart the booster to load a changed config")
+        """SIGHUP: a log file of the booster's own is opened afresh (after a
+        rotation); the config is not reloaded."""
+        try:
+            path = log.reopen()
+        except log.LogFileError as exc:
+            self._log.error("SIGHUP: cannot reopen the log file; still writing to the old one", error=str(exc))
+            return
+        if path is None:
+            self._log.info("SIGHUP ignored: the log is not a file of the booster's, and a changed config needs "
+                           "a restart (or reexec) of the booster")
+        else:
+            self._log.info("log file reopened on SIGHUP; a changed config needs a restart (or reexec) of the "
+                           "booster", path=path)
 
     async def main_loop(self) -> None:
         await self._stop.wait()

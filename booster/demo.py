@@ -6,7 +6,7 @@ creates a demo user with one autostart service, logs the user in through a
 real PAM stack (``runuser -l`` under pam_wrapper, with the in-process
 pam_python line, so no file in /etc/pam.d is touched), shows the instance and
 the service running as that user inside the login, holds the login while root
-asks the booster about it (``WHILE_HELD``: ``booster status``), logs out,
+asks the booster about it (``WHILE_HELD``: ``booster status`` and ``booster sessions``), logs out,
 shows the teardown, and removes everything it made.
 """
 
@@ -33,6 +33,7 @@ RUNUSER = "/usr/sbin/runuser"
 # command (status first: the demo checks that it lists the user).
 WHILE_HELD = (
     ("status",),
+    ("sessions",),
 )
 HELD = "login held: the demo logs out next"  # what the login shell says once it has shown its side
 LOGIN_TIMEOUT = 60.0

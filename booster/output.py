@@ -36,6 +36,14 @@ def escape(text: str) -> str:
     return _UNSAFE.sub(_escape_one, text)
 
 
+def displayable(text: str) -> str:
+    """``text``, which may hold escaped parts already, with every control and
+    invisible format character escaped and backslashes left as they are: for
+    showing text that should hold none (the booster's notes, what a client
+    receives) without escaping its escapes twice."""
+    return _UNSAFE.sub(lambda m: m.group() if m.group() == "\\" else _escape_one(m), text)
+
+
 class OutputLimiter:
     """Splits a byte stream into log lines within the limits.  ``feed`` returns
     ``(text, cut)`` pairs to log; ``dropped`` counts lines not logged since the

@@ -1,11 +1,14 @@
 """The booster's side of client connections: listen, accept, serve one request.
 
-A connection serves one request (open, close, status, pre-warm, terminate or
-linger) after the handshake.  Credentials come from ``SO_PEERCRED``; only
-root may open or close sessions, pre-warm, terminate or set linger.
+A connection serves one request (open, close, status, sessions, logs,
+pre-warm, terminate or linger) after the handshake.  Credentials come from
+``SO_PEERCRED``; only root may open or close sessions, pre-warm, terminate or
+set linger, and a user may ask about no one but themselves.
 A session opened with ``KEEP_CONNECTION`` stays bound to its connection: the
 connection's end-of-file ends it, and when the booster ends it the client
-gets ENDED.  Every exit path goes through one orderly disconnect.
+gets ENDED.  A followed log streams the user's new output lines until the
+client closes or the booster ends it.  Every exit path goes through one
+orderly disconnect.
 
 The socket is open to every local user, so no peer may crowd out another's
 login: ``Admission`` caps the connections of each non-root uid and keeps
@@ -22,7 +25,7 @@ import os
 import socket
 import stat
 
-from booster import log
+from booster import log, usage
 from booster.accounts import LookupStalled, UnknownUser
 from booster.peers import PeerCred, identify_leader, peer_cred
 from booster.users import StartFailed
@@ -388,6 +391,10 @@ class ClientConnection:
             await self._close(request)
         elif isinstance(request, p.StatusRequest):
             await self._status(request)
+        elif isinstance(request, p.SessionsRequest):
+            await self._sessions(request)
+        elif isinstance(request, p.LogRequest):
+            await self._logs(request)
         elif isinstance(request, (p.Prewarm, p.Terminate, p.Linger)):
             await self._about_user(request)
 
@@ -522,11 +529,14 @@ class ClientConnection:
         self._log.info(what.lower() + " done", value=ack.value)
         await self.send(ack)
 
-    async def _status(self, req: p.StatusRequest) -> None:
+    async def _visible_users(self, name: str) -> list:
+        """The users the caller may ask about, of those the booster tracks: all
+        for root, else the caller's own; only the one called ``name`` if given.
+        A non-root caller naming anyone but themselves is refused."""
         users = self.booster.users.values()
         if self.cred.uid != 0:
             users = [u for u in users if u.account.uid == self.cred.uid]
-            if req.user and not any(u.account.name == req.user for u in users):
+            if name and not any(u.account.name == name for u in users):
                 # Whether the name is the caller's own comes from the caller's uid:
                 # a name it sends is never looked up (that would let any user make
                 # the booster query a slow directory for names of its choosing).
@@ -534,20 +544,107 @@ class ClientConnection:
                     own = await self.booster.accounts.name_of(self.cred.uid)
                 except LookupStalled as exc:
                     raise Refused(p.ErrorCode.TIMEOUT, str(exc)) from None
-                if req.user != own:
+                if name != own:
                     raise Refused(p.ErrorCode.NOT_PERMITTED, "you may only ask about yourself")
-        if req.user:
-            users = [u for u in users if u.account.name == req.user]
-        count = 0
-        for user in sorted(users, key=lambda u: u.account.uid):
+        if name:
+            users = [u for u in users if u.account.name == name]
+        return sorted(users, key=lambda u: u.account.uid)
+
+    async def _status(self, req: p.StatusRequest) -> None:
+        users = await self._visible_users(req.user)
+        usages = None
+        if self.hello.flags & p.HelloFlags.WANT_USAGE:
+            # /proc and cgroupfs reads for every instance: off the event loop.
+            instances = [(u.process.pid, u.process.create_time, u.process.cgroup)
+                         if u.process is not None and u.process.alive else (0, None, None) for u in users]
+            usages = await asyncio.to_thread(usage.measure_all, instances)
+        for i, user in enumerate(users):
             proc = user.process
             await self.send(p.StatusEntry(
                 uid=user.account.uid, user=user.account.name, state=user.state.value,
                 pid=proc.pid if proc is not None and proc.alive else 0, sessions=len(user.sessions),
                 restarts=user.restarts, backend=self.booster.backend.name, **user.status_fields()))
-            count += 1
+            if usages is not None:
+                used = usages[i]
+                await self.send(p.Usage(uid=user.account.uid, rss=used.rss, cpu_ms=used.cpu_ms,
+                                        started_ms=used.started_ms, processes=min(used.processes, 0xFFFFFFFF),
+                                        source=used.source))
         pool = len(self.booster.pool) if self.cred.uid == 0 else 0
-        await self.send(p.StatusEnd(count=count, pool=pool))
+        await self.send(p.StatusEnd(count=len(users), pool=pool))
+
+    async def _sessions(self, req: p.SessionsRequest) -> None:
+        uids = {u.account.uid for u in await self._visible_users(req.user)}
+        sessions = sorted((s for s in self.booster.sessions.values() if s.user.account.uid in uids),
+                          key=lambda s: s.id)
+        for session in sessions:
+            account = session.user.account
+            flags = (p.SessionFlags.BOUND if session.bound else 0) | (
+                p.SessionFlags.WAITING if not session.ready.done() else 0)
+            await self.send(p.SessionEntry(
+                session_id=session.id, uid=account.uid, user=account.name, service=session.service,
+                tty=session.tty, rhost=session.rhost, ruser=session.ruser, leader_pid=session.leader_pid,
+                kind=session.kind, opened_ms=int(session.opened * 1000), flags=int(flags)))
+        await self.send(p.SessionsEnd(count=len(sessions)))
+
+    async def _logs(self, req: p.LogRequest) -> None:
+        """The recent output kept for one user; with FOLLOW, new lines until the
+        client closes (its end-of-file) or the booster forgets the user or stops."""
+        if req.user:
+            users = await self._visible_users(req.user)
+            user = users[0] if users else None
+            name = req.user
+        else:  # the caller's own
+            user = self.booster.users.get(self.cred.uid)
+            name = user.account.name if user is not None else f"uid {self.cred.uid}"
+        buffer = user.output if user is not None else None
+        if buffer is None:
+            why = ("no output is kept (output_buffer_size = 0)" if user is not None
+                   else f"{name} has no instance, and nothing of one is kept")
+            await self.send(p.LogEnd(count=0, text=why))
+            return
+        self._log = self._log.bind(user=user.account.name)
+        count = 0
+        lines = buffer.last(req.lines)
+        follow = bool(req.flags & p.LogFlags.FOLLOW)
+        next_seq = lines[-1][0] + 1 if lines else buffer.next_seq
+        for seq, stamp, flags, text in lines:
+            await self.send(p.LogLine(seq=seq, time_ms=stamp, flags=flags, text=text))
+            count += 1
+        if not follow:
+            await self.send(p.LogEnd(count=min(count, 0xFFFFFFFF)))
+            return
+        self._log.debug("following the instance's output")
+        # Nothing may come from the client now but its end-of-file (or a
+        # shutdown from the booster): one wait for it, across every line.
+        ending = self.loop.create_task(self._next(None))
+        try:
+            while True:
+                for seq, stamp, flags, text in buffer.since(next_seq):
+                    await self.send(p.LogLine(seq=seq, time_ms=stamp, flags=flags, text=text))
+                    next_seq = seq + 1
+                    count += 1
+                if buffer.closed is not None:
+                    await self.send(p.LogEnd(count=min(count, 0xFFFFFFFF), text=buffer.closed))
+                    return
+                more = buffer.waiter(self.loop)
+                try:
+                    await asyncio.wait({ending, more}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    more.cancel()
+                if ending.done():
+                    kind, value = ending.result()
+                    if kind == "shutdown":
+                        await self.send(p.LogEnd(count=min(count, 0xFFFFFFFF), text="the booster is stopping"))
+                        return
+                    if kind == "bad":
+                        raise Refused(value.code, str(value))
+                    if kind == "msg":
+                        raise Refused(p.ErrorCode.UNEXPECTED_MESSAGE,
+                                      f"{type(value).__name__} while following a log")
+                    self._log.debug("stopped following the instance's output", lines=count)
+                    return  # end-of-file: the follower left
+        finally:
+            ending.cancel()
 
 
 _PIDNS: int | None = None

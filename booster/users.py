@@ -37,7 +37,8 @@ import time
 from booster import log, rundir
 from booster.accounts import Account
 from booster.backends.base import InstanceSpec, Launch, StartError
-from booster.output import READ_CHUNK, OutputLimiter, escape
+from booster.output import READ_CHUNK, OutputLimiter, displayable, escape
+from booster.output_buffer import OutputBuffer
 from booster.reaper import ExitStatus, start_time
 from booster.spawn import NO_RETRY_CODES, SpawnOrder, send_order
 from common import protocol as p
@@ -75,6 +76,21 @@ class StartFailed(Exception):
         self.text, self.code, self.final, self.status = text, code, final, status
 
 
+def session_kind(agent: str) -> str:
+    """What opened a session, from its client's HELLO agent: the invoker's
+    modes, the native module, ``invoker open``; "other" for anything else
+    (root's own clients may say what they like)."""
+    if agent.startswith("invoker/pam_exec ") or agent == "invoker/pam_exec":
+        return "pam_exec"
+    if agent.startswith("invoker/pam_python"):
+        return "pam_python"
+    if agent.startswith("pam_booster ") or agent == "pam_booster":
+        return "native"
+    if agent == "invoker/open":
+        return "invoker open"
+    return "other"
+
+
 @dataclasses.dataclass(eq=False)
 class Session:
     id: int
@@ -89,6 +105,7 @@ class Session:
     bound: bool              # the connection carries the session
     ready: asyncio.Future
     opened: float = dataclasses.field(default_factory=time.time)
+    kind: str = "other"      # what opened it (session_kind)
     watch: object = None     # the leader watch handle
     conn: object = None      # the connection carrying it, when bound
     ended: bool = False
@@ -152,6 +169,9 @@ class UserInstance:
         self.runtime_dir: str | None = None
         self.managed_rundir: str | None = None
         self.task: asyncio.Task | None = None
+        # Recent output of the instance (across its restarts), for `booster logs`.
+        size = self.config.output_buffer_size
+        self.output: OutputBuffer | None = OutputBuffer(size) if size else None
         self._log = log.get("user", user=account.name, uid=account.uid)
 
     # --- the state table -----------------------------------------------------------
@@ -223,6 +243,15 @@ class UserInstance:
         self._shutdown = True
         self._changed.set()
 
+    def forgotten(self) -> None:
+        """The booster no longer tracks this user: its output's followers end."""
+        if self.output is not None:
+            self.output.close(f"the booster no longer tracks {self.account.name} (no instance, nothing kept)")
+
+    def _note(self, text: str) -> None:
+        if self.output is not None:
+            self.output.note(displayable(text))
+
     def waiting(self) -> list[Session]:
         return [s for s in self.sessions.values() if not s.ready.done()]
 
@@ -281,6 +310,7 @@ class UserInstance:
                 self.process = await self._start()
             except StartFailed as failure:
                 self._log.warning("instance did not start", reason=failure.text)
+                self._note(f"instance did not start: {failure.text}")
                 if failure.final:  # it would fail the same way again: FAILED says why
                     self._give_up(failure)
                     return
@@ -502,6 +532,9 @@ class UserInstance:
         self._follow_output(log_r, proc)
         booster.state_changed()
         self._log.info("instance spawned", pid=proc.pid, backend=booster.backend.name)
+        self._note(f"instance {proc.pid} started ({booster.backend.name})")
+        proc.exited.add_done_callback(
+            lambda fut: None if fut.cancelled() else self._note(f"instance {proc.pid} {fut.result()}"))
         try:
             report = await _exec_report(loop, child.sock, proc, deadline)
             if report is not None:
@@ -555,10 +588,13 @@ class UserInstance:
         def log_lines(lines) -> None:
             for text, cut in lines:
                 proc.last_output.append(text[:200])
+                if self.output is not None:
+                    self.output.add(text, cut=cut)
+                emit = logger.debug if proc.launch.routine_output(text) else logger.info
                 if cut:
-                    logger.info("instance output", line=text, cut=True)
+                    emit("instance output", line=text, cut=True)
                 else:
-                    logger.info("instance output", line=text)
+                    emit("instance output", line=text)
 
         def report_dropped() -> None:
             nonlocal summary
@@ -567,6 +603,8 @@ class UserInstance:
             if dropped:
                 logger.warning("instance output dropped", lines=dropped, output_rate=config.output_rate,
                                output_burst=config.output_burst)
+                self._note(f"{dropped} lines of output dropped (more than output_rate, {config.output_rate:g} a "
+                           f"second, in bursts of output_burst, {config.output_burst})")
 
         def readable() -> None:
             nonlocal summary

@@ -62,9 +62,11 @@ KEYS = (
     Key("cgroup", "`auto`: one cgroup2 cgroup per instance where the hierarchy is writable; `off`"),
     Key("max_connections", "connections held at once; more are refused at once (`ERROR LIMIT_REACHED`)"),
     Key("reserved_root_connections", "of `max_connections`, kept for root peers (the PAM side), so that no "
-                                     "user can crowd out logins"),
+                                     "user can crowd out logins; unset, it follows `max_connections`, so "
+                                     "`max_connections = 64` alone keeps 32 for root",
+        default="half of `max_connections` (1024)"),
     Key("max_connections_per_uid", "connections one non-root uid may hold at once (a user's `booster status` "
-                                   "needs one)"),
+                                   "needs one, and a `booster logs -f` holds one while it follows)"),
     Key("client_idle_timeout", "seconds a non-root peer has for its `HELLO`, and again for its request (root "
                                "peers: 5)"),
     Key("max_sessions_per_user", "sessions one user may hold at once; one more is refused (`LIMIT_REACHED`) "
@@ -76,7 +78,13 @@ KEYS = (
                                          "while, so a flood slows only the instance that floods"),
     Key("output_line_limit", "bytes of one output line that are logged (after escaping too); control "
                              "characters are escaped (`\\x1b`)"),
+    Key("output_buffer_size", "bytes of each user's recent instance output the booster keeps for `booster "
+                              "logs` (the lines it logs, with its notes), the oldest going first; 0 keeps "
+                              "none; else 4096 to 64 MiB. The booster holds at most this much per user it "
+                              "tracks ([Logs](#logs))"),
     Key("log_level", "`debug`, `info`, `warning`, `error`"),
-    Key("log_target", "`auto` (stderr on a terminal, else syslog, else stderr), `stderr`, `syslog`"),
+    Key("log_target", "`auto` (stderr on a terminal, else syslog, else stderr), `stderr`, `syslog`, or the "
+                      "absolute path of a file the booster opens itself (mode 0640, in a directory only root "
+                      "may write) and reopens on SIGHUP; see [Logs](#logs)"),
     Key("log_format", "`text` (`key=value` pairs) or `json` (one JSON object per line, for log shippers)"),
 )

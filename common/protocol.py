@@ -13,7 +13,8 @@ Bytes go in, messages come out; messages go in, bytes come out.
 
 from common import wire
 from common.wire import (  # noqa: F401 - the format's constants, by their names here too
-    ENV_KEY_LIMIT, ENV_VALUE_LIMIT, HEADER, HEADER_SIZE, MAGIC, MAX_ENV_ENTRIES, MAX_FRAME, MAX_PAYLOAD, VERSION,
+    ENV_KEY_LIMIT, ENV_VALUE_LIMIT, HEADER, HEADER_SIZE, MAGIC, MAX_ENV_ENTRIES, MAX_FRAME, MAX_LOG_TEXT, MAX_PAYLOAD,
+    VERSION,
 )
 
 
@@ -42,8 +43,11 @@ def _codes(name: str, prefix: str, doc: str) -> type:
 ErrorCode = _codes("ErrorCode", "ERR_", "Reason codes carried by ERROR frames (u16).")
 EndReason = _codes("EndReason", "END_", "Why the booster ended a session that was bound to a connection (u16).")
 OpenFlags = _codes("OpenFlags", "OPEN_", "Flags of OPEN_SESSION (u32).")
-HelloFlags = _codes("HelloFlags", "HELLO_", "Flags of the booster's HELLO (u32).")
+HelloFlags = _codes("HelloFlags", "HELLO_", "Flags of HELLO (u32): the booster's, and the client's.")
 StatusFlags = _codes("StatusFlags", "STATUS_", "Flags of STATUS_ENTRY (u32).")
+SessionFlags = _codes("SessionFlags", "SESSION_", "Flags of SESSION_ENTRY (u32).")
+LogFlags = _codes("LogFlags", "LOG_", "Flags of LOG_REQUEST (u32).")
+LineFlags = _codes("LineFlags", "LINE_", "Flags of LOG_LINE (u32).")
 MessageType = _codes("MessageType", "MSG_", "Message types: the header's type byte.")
 
 
@@ -190,11 +194,19 @@ Prewarm = _message("Prewarm", wire.MSG_PREWARM, "``user`` is about to log in (ro
 Terminate = _message("Terminate", wire.MSG_TERMINATE, "End every session of ``user`` (root only).")
 Linger = _message("Linger", wire.MSG_LINGER, "Keep ``user``'s instance without sessions, or not (root only).")
 Ack = _message("Ack", wire.MSG_ACK, "The answer to PREWARM, TERMINATE and LINGER.")
+SessionsRequest = _message("SessionsRequest", wire.MSG_SESSIONS_REQUEST, "Ask for the sessions of one user or all.")
+SessionEntry = _message("SessionEntry", wire.MSG_SESSION_ENTRY, "One session.")
+SessionsEnd = _message("SessionsEnd", wire.MSG_SESSIONS_END, "Ends a sessions listing.")
+LogRequest = _message("LogRequest", wire.MSG_LOG_REQUEST, "Ask for the recent output of a user's instance.")
+LogLine = _message("LogLine", wire.MSG_LOG_LINE, "One line of an instance's output, or the booster's note.")
+LogEnd = _message("LogEnd", wire.MSG_LOG_END, "Ends a log listing, or a followed one.")
+Usage = _message("Usage", wire.MSG_USAGE, "The resources of the instance of the STATUS_ENTRY before it.")
 
 MESSAGE_TYPES = {
     cls.TYPE: cls
     for cls in (Hello, OpenSession, Wait, Ready, Error, CloseSession, Closed, Ended,
-                StatusRequest, StatusEntry, StatusEnd, Prewarm, Terminate, Linger, Ack)
+                StatusRequest, StatusEntry, StatusEnd, Prewarm, Terminate, Linger, Ack,
+                SessionsRequest, SessionEntry, SessionsEnd, LogRequest, LogLine, LogEnd, Usage)
 }
 assert set(MESSAGE_TYPES) == set(wire.FIELDS), "a message type of common.wire has no class here"
 
@@ -313,6 +325,8 @@ class State:
     OPEN = "open"              # READY received; the session exists
     CLOSING = "closing"        # CLOSE_SESSION sent
     STATUS = "status"          # STATUS_REQUEST sent, listing under way
+    SESSIONS = "sessions"      # SESSIONS_REQUEST sent, listing under way
+    LOGS = "logs"              # LOG_REQUEST sent, lines under way (followed: until either side ends it)
     REQUEST = "request"        # PREWARM, TERMINATE or LINGER sent, ACK not yet
     DONE = "done"              # exchange over; only end-of-file follows
     ERROR = "error"            # a protocol error happened; permanent
@@ -340,8 +354,15 @@ TRANSITIONS = {
     (State.CLOSING, _S2C, _T.CLOSED): State.DONE,
     (State.CLOSING, _S2C, _T.ENDED): State.DONE,  # ended by the booster as the close crossed it
     (State.STATUS, _S2C, _T.STATUS_ENTRY): State.STATUS,
+    (State.STATUS, _S2C, _T.USAGE): State.STATUS,  # only to a client whose HELLO asked for it
     (State.STATUS, _S2C, _T.STATUS_END): State.DONE,
     (State.REQUEST, _S2C, _T.ACK): State.DONE,
+    (State.IDLE, _C2S, _T.SESSIONS_REQUEST): State.SESSIONS,
+    (State.SESSIONS, _S2C, _T.SESSION_ENTRY): State.SESSIONS,
+    (State.SESSIONS, _S2C, _T.SESSIONS_END): State.DONE,
+    (State.IDLE, _C2S, _T.LOG_REQUEST): State.LOGS,
+    (State.LOGS, _S2C, _T.LOG_LINE): State.LOGS,
+    (State.LOGS, _S2C, _T.LOG_END): State.DONE,
 }
 del _T
 

@@ -65,6 +65,13 @@ MSG_PREWARM = 12
 MSG_TERMINATE = 13
 MSG_LINGER = 14
 MSG_ACK = 15
+MSG_SESSIONS_REQUEST = 16
+MSG_SESSION_ENTRY = 17
+MSG_SESSIONS_END = 18
+MSG_LOG_REQUEST = 19
+MSG_LOG_LINE = 20
+MSG_LOG_END = 21
+MSG_USAGE = 22
 
 # Reason codes carried by ERROR frames (u16).
 ERR_MALFORMED = 1            # the frame could not be decoded
@@ -92,12 +99,26 @@ OPEN_KEEP_CONNECTION = 1  # the connection carries the session: its EOF ends it
 OPEN_NO_RUNDIR = 2        # do not manage the runtime directory for this login
 OPEN_KEEP_IF_UNSEEN = 4   # KEEP_CONNECTION if the booster cannot see the client's process
 
-# Flags of the booster's HELLO (u32).
-HELLO_PEER_VISIBLE = 1  # the booster can see the client's process (same or child PID namespace)
+# Flags of HELLO (u32): the booster's, and the client's (each side sends only its own).
+HELLO_PEER_VISIBLE = 1  # booster: it can see the client's process (same or child PID namespace)
+HELLO_WANT_USAGE = 2    # client: follow each STATUS_ENTRY with the instance's USAGE
 
 # Flags of STATUS_ENTRY (u32).
 STATUS_LINGER = 1     # the instance stays without sessions (booster linger)
 STATUS_PREWARMED = 2  # started by a pre-warm that no session has claimed yet
+
+# Flags of SESSION_ENTRY (u32).
+SESSION_BOUND = 1     # the connection that opened the session carries it
+SESSION_WAITING = 2   # its instance is not ready yet
+
+# Flags of LOG_REQUEST (u32).
+LOG_FOLLOW = 1        # after the lines kept, send new ones as they come, until the client closes
+
+# Flags of LOG_LINE (u32).
+LINE_CUT = 1          # the line was longer than the booster keeps: this is its head
+LINE_NOTE = 2         # the booster's own note (an instance started or ended, lines dropped), not output
+
+MAX_LOG_TEXT = 65000  # bytes of one LOG_LINE's text (the rest of its frame is 30 bytes)
 
 
 def code_name(prefix: str, value: int) -> str:
@@ -299,6 +320,34 @@ FIELDS = {
     # The answer to PREWARM, TERMINATE and LINGER: done; value and text say
     # what was done (docs/protocol.md gives each request's meaning).
     MSG_ACK: (("value", U32, 0), ("text", string(1024), "")),
+    # The sessions of one user, or of all (user empty; root only).
+    MSG_SESSIONS_REQUEST: (("user", string(256), ""),),
+    # One session: its PAM items, its leader as the booster sees it (0 if it
+    # cannot), kind (what opened it: pam_exec, pam_python, native, invoker
+    # open, other), opened_ms (milliseconds since the epoch), flags SESSION_*.
+    MSG_SESSION_ENTRY: (("session_id", U64, REQUIRED), ("uid", U32, REQUIRED), ("user", string(256), REQUIRED),
+                        ("service", string(256), ""), ("tty", string(256), ""), ("rhost", string(1024), ""),
+                        ("ruser", string(256), ""), ("leader_pid", U32, 0), ("kind", string(32), REQUIRED),
+                        ("opened_ms", U64, 0), ("flags", U32, 0)),
+    # Ends a sessions listing.
+    MSG_SESSIONS_END: (("count", U32, REQUIRED),),
+    # The recent output of user's instance (empty: the caller's own): the last
+    # lines kept (0: all of them); flags LOG_*.
+    MSG_LOG_REQUEST: (("user", string(256), ""), ("lines", U32, 0), ("flags", U32, 0)),
+    # One line: seq counts the user's lines from 1 (a gap: lines no longer
+    # kept), time_ms when it was read (milliseconds since the epoch), flags
+    # LINE_*; text is escaped (no control character).
+    MSG_LOG_LINE: (("seq", U64, REQUIRED), ("time_ms", U64, REQUIRED), ("flags", U32, 0),
+                   ("text", string(MAX_LOG_TEXT), REQUIRED)),
+    # Ends a log listing, or a followed one; text says why when it is not
+    # simply the end of what is kept.
+    MSG_LOG_END: (("count", U32, REQUIRED), ("text", string(1024), "")),
+    # After a STATUS_ENTRY, to a client whose HELLO asked (HELLO_WANT_USAGE):
+    # the instance's resident memory in bytes, CPU time in milliseconds, when
+    # it started (milliseconds since the epoch), its processes, and where the
+    # figures come from (source: empty when no instance runs).
+    MSG_USAGE: (("uid", U32, REQUIRED), ("rss", U64, 0), ("cpu_ms", U64, 0), ("started_ms", U64, 0),
+                ("processes", U32, 0), ("source", string(32), "")),
 }
 
 

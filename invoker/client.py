@@ -23,6 +23,7 @@ CONNECT_TIMEOUT = 0.1   # a booster that does not accept within this is treated 
 HANDSHAKE_TIMEOUT = 5.0
 WAIT_MARGIN = 2.0       # beyond the booster's announced wait, for the frame to arrive
 REQUEST_TIMEOUT = 5.0   # PREWARM, TERMINATE, LINGER, CLOSE_SESSION: answered at once
+REFUSAL_READ_TIMEOUT = 0.1  # for the ERROR of a booster that hung up on our HELLO
 _TIMEVAL = Struct("@ll")  # struct timeval, for SO_SNDTIMEO
 
 
@@ -57,9 +58,11 @@ def _name(type_: int) -> str:
 
 
 class Client:
-    def __init__(self, path: str, agent: str) -> None:
+    def __init__(self, path: str, agent: str, hello_flags: int = 0) -> None:
         self.path = path
         self.agent = agent
+        self.hello_flags = hello_flags  # HELLO_* flags a client may set (WANT_USAGE)
+        self.usage = {}  # uid -> common.protocol.Usage, from the last status listing that had it
         self.sock = None
         self.server_flags = None  # the booster's HELLO flags, once it has answered
         self._buf = bytearray()
@@ -85,8 +88,20 @@ class Client:
             sock.close()
             raise BoosterUnavailable(f"{self.path}: {exc.strerror or exc}") from None
         self.sock = sock
-        hello = self._frame(w.MSG_HELLO, posix.getpid(), own_pidns(), 0, self.agent[:64])
-        self._write(hello + request)
+        hello = self._frame(w.MSG_HELLO, posix.getpid(), own_pidns(), self.hello_flags, self.agent[:64])
+        try:
+            self._write(hello + request)
+        except ConnectionLost as lost:
+            # A booster that refuses a connection (a limit reached, or it is
+            # stopping) sends an ERROR and closes without reading: the frame
+            # saying why may be waiting even though our write failed.
+            try:
+                self._receive(time.monotonic() + REFUSAL_READ_TIMEOUT)
+            except Refused:
+                raise
+            except ClientError:
+                pass
+            raise lost
         type_, values = self._receive(time.monotonic() + HANDSHAKE_TIMEOUT)
         if type_ != w.MSG_HELLO:
             raise ConnectionLost(f"unexpected {_name(type_)} in the handshake")
@@ -217,20 +232,67 @@ class Client:
         raise ConnectionLost(f"unexpected {_name(got)} in answer to {_name(type_)}")
 
     def status(self, user: str = "", timeout: float = 5.0) -> tuple:
-        """(``common.protocol.StatusEntry`` of each instance, warm children)."""
-        from common.protocol import StatusEntry  # no login waits for a listing
+        """(``common.protocol.StatusEntry`` of each instance, warm children).
+        A client that asked for usage in its HELLO (``WANT_USAGE``) finds each
+        entry's ``common.protocol.Usage`` in ``usage[uid]`` (none from a booster
+        that does not send it)."""
+        from common.protocol import StatusEntry, Usage  # no login waits for a listing
 
         self._send(w.MSG_STATUS_REQUEST, user)
         deadline = time.monotonic() + timeout
         entries = []
+        self.usage = {}
         while True:
             type_, values = self._receive(deadline)
             if type_ == w.MSG_STATUS_ENTRY:
                 entries.append(StatusEntry(*values))
+            elif type_ == w.MSG_USAGE and entries and values[0] == entries[-1].uid:
+                self.usage[values[0]] = Usage(*values)
             elif type_ == w.MSG_STATUS_END:
                 return entries, values[1]
             else:
                 raise ConnectionLost(f"unexpected {_name(type_)} in a status listing")
+
+    def sessions(self, user: str = "", timeout: float = 5.0) -> list:
+        """``common.protocol.SessionEntry`` of each session of ``user`` (empty:
+        all the caller may see)."""
+        from common.protocol import SessionEntry  # no login waits for a listing
+
+        self._send(w.MSG_SESSIONS_REQUEST, user)
+        deadline = time.monotonic() + timeout
+        entries = []
+        while True:
+            type_, values = self._receive(deadline)
+            if type_ == w.MSG_SESSION_ENTRY:
+                entries.append(SessionEntry(*values))
+            elif type_ == w.MSG_SESSIONS_END:
+                return entries
+            else:
+                raise ConnectionLost(f"unexpected {_name(type_)} in a sessions listing")
+
+    def logs(self, user: str = "", lines: int = 0, follow: bool = False, timeout: float = 5.0):
+        """Yield the ``common.protocol.LogLine`` frames of ``user``'s recent
+        output (empty: the caller's own); the generator's return value is the
+        ``LogEnd``, or None when the booster closed a followed log.  Without
+        ``follow`` the whole listing must come within ``timeout``; a followed
+        log has no time limit (lines come when the instance prints them)."""
+        from common.protocol import LogEnd, LogLine  # no login waits for a listing
+
+        self._send(w.MSG_LOG_REQUEST, user, lines, w.LOG_FOLLOW if follow else 0)
+        deadline = None if follow else time.monotonic() + timeout
+        while True:
+            try:
+                type_, values = self._receive(deadline)
+            except BoosterClosed:
+                if follow:
+                    return None
+                raise
+            if type_ == w.MSG_LOG_LINE:
+                yield LogLine(*values)
+            elif type_ == w.MSG_LOG_END:
+                return LogEnd(*values)
+            else:
+                raise ConnectionLost(f"unexpected {_name(type_)} in a log listing")
 
     def next_event(self, timeout):
         """For a session carried by this connection: the booster's ENDED (a
@@ -265,9 +327,19 @@ def wait_readable(fds, timeout):
     return [fd for fd, _ in events]
 
 
-def query_status(path: str, user: str = "", timeout: float = 5.0):
-    client = Client(path, "booster-status").connect(timeout=min(timeout, 1.0))
+def query_status(path: str, user: str = "", timeout: float = 5.0, usage: bool = False):
+    """(entries, warm children); with ``usage``, (entries, warm children, usage by uid)."""
+    client = Client(path, "booster-status", w.HELLO_WANT_USAGE if usage else 0).connect(timeout=min(timeout, 1.0))
     try:
-        return client.status(user, timeout)
+        entries, pool = client.status(user, timeout)
+        return (entries, pool, client.usage) if usage else (entries, pool)
+    finally:
+        client.disconnect()
+
+
+def query_sessions(path: str, user: str = "", timeout: float = 5.0) -> list:
+    client = Client(path, "booster-sessions").connect(timeout=min(timeout, 1.0))
+    try:
+        return client.sessions(user, timeout)
     finally:
         client.disconnect()

@@ -20,6 +20,7 @@ USER = "alice"
 
 HELLO_CLIENT = p.Hello(pid=4242, pidns=4026531836, flags=0, agent="fuzz")
 HELLO_SERVER = p.Hello(pid=1, pidns=4026531836, flags=p.HelloFlags.PEER_VISIBLE, agent="booster/0.1")
+HELLO_USAGE = p.Hello(pid=4242, pidns=4026531836, flags=p.HelloFlags.WANT_USAGE, agent="fuzz")
 
 
 def conversations(user: str = USER) -> dict[str, tuple[list[p.Message], list[p.Message]]]:
@@ -41,6 +42,19 @@ def conversations(user: str = USER) -> dict[str, tuple[list[p.Message], list[p.M
         "terminate": ([HELLO_CLIENT, p.Terminate(user=user)], [HELLO_SERVER, p.Ack(value=0, text="")]),
         "linger": ([HELLO_CLIENT, p.Linger(user=user, enable=1)],
                    [HELLO_SERVER, p.Error(code=p.ErrorCode.NOT_PERMITTED, text="root only")]),
+        "status-usage": ([HELLO_USAGE, p.StatusRequest(user=user)],
+                         [HELLO_SERVER, p.StatusEntry(uid=1000, user=user, state="ready", pid=99, sessions=1,
+                                                      restarts=0, backend="dinit"),
+                          p.Usage(uid=1000, rss=4 << 20, cpu_ms=12, started_ms=1700000000000, processes=3,
+                                  source="cgroup processes"), p.StatusEnd(count=1, pool=2)]),
+        "sessions": ([HELLO_CLIENT, p.SessionsRequest(user=user)],
+                     [HELLO_SERVER, p.SessionEntry(session_id=7, uid=1000, user=user, service="sshd", tty="ssh",
+                                                   rhost="10.0.0.1", leader_pid=4242, kind="pam_exec",
+                                                   opened_ms=1700000000000), p.SessionsEnd(count=1)]),
+        "logs": ([HELLO_CLIENT, p.LogRequest(user=user, lines=5, flags=p.LogFlags.FOLLOW)],
+                 [HELLO_SERVER, p.LogLine(seq=3, time_ms=1700000000000, text="dinit: service boot started."),
+                  p.LogLine(seq=4, time_ms=1700000000001, flags=p.LineFlags.NOTE, text="instance 99 started"),
+                  p.LogEnd(count=2, text="the booster is stopping")]),
     }
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -107,9 +110,69 @@ def test_config_prints_the_effective_configuration(tmp_path):
 def test_sighup_is_logged_and_ignored(booster_factory):
     b = booster_factory("runit")
     os.kill(b.pid, signal.SIGHUP)
-    b.wait_log("SIGHUP ignored")
+    b.wait_log("SIGHUP ignored: the log is not a file of the booster's, and a changed config needs a restart")
     time.sleep(0.2)
     assert b.proc.poll() is None and b.status()["users"] == []
+
+
+ISO_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d (debug|info|warning|error) ")
+
+
+def test_text_log_lines_start_with_an_iso_8601_date_and_time(booster_factory):
+    b = booster_factory("runit")
+    b.stop()
+    lines = b.log().splitlines()
+    assert lines and all(ISO_LINE.match(line) for line in lines), lines[:3]
+    stamp = datetime.datetime.fromisoformat(lines[0].split(" ", 1)[0])
+    assert stamp.utcoffset() is not None
+    assert abs(stamp.timestamp() - time.time()) < 120
+
+
+def test_sighup_reopens_the_log_file_the_booster_owns(booster_factory):
+    """log_target names a file: logrotate renames it, SIGHUP makes the booster
+    write to a new file of that name; the renamed one gets nothing more."""
+    b = booster_factory("runit", start=False)
+    own = b.base / "logs" / "booster.log"
+    own.parent.mkdir(mode=0o755)
+    b.config["log_target"] = str(own)
+    b.config_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in b.config.items()))
+    b.start()
+    pamkit.wait_for(lambda: own.exists() and "serving" in own.read_text(), 10, desc="the booster logging to its file")
+    assert stat.S_IMODE(own.stat().st_mode) == 0o640 and own.stat().st_uid == 0
+    assert all(ISO_LINE.match(line) for line in own.read_text().splitlines())
+    rotated = own.with_name("booster.log.1")
+    os.rename(own, rotated)
+    os.kill(b.pid, signal.SIGHUP)
+    pamkit.wait_for(lambda: own.exists() and "log file reopened on SIGHUP" in own.read_text(), 10,
+                    desc="a new log file")
+    b.status()  # the booster answers; its lines about that go to the new file
+    b.stop()
+    new = own.read_text()
+    assert "stopped part=booster" in new and "serving" not in new
+    old = rotated.read_text()
+    assert "serving" in old and "stopped" not in old and "reopened" not in old
+
+
+def test_an_unsafe_log_file_is_refused_at_start(booster_factory, tmp_path):
+    b = booster_factory("runit", start=False)
+    victim = b.base / "victim"
+    victim.write_text("")
+    link = b.base / "booster.log"
+    link.symlink_to(victim)
+    b.config["log_target"] = str(link)
+    b.config_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in b.config.items()))
+    out = serve(b.config_path)
+    assert out.returncode == 1, out.stderr
+    assert f"booster: cannot open the log file (log_target): {link}:" in out.stderr
+    assert victim.read_text() == ""
+    with pamkit.temp_user() as u:
+        theirs = b.base / "theirs.log"
+        theirs.write_text("")
+        os.chown(theirs, u.uid, u.gid)
+        b.config["log_target"] = str(theirs)
+        b.config_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in b.config.items()))
+        out = serve(b.config_path)
+        assert out.returncode == 1 and f"{theirs}: owned by uid {u.uid}, not root" in out.stderr, out.stderr
 
 
 # --- the command line itself ------------------------------------------------------------
@@ -134,7 +197,7 @@ def test_every_option_has_help_and_every_command_its_exit_codes():
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) == {"serve", "status", "terminate", "linger", "config", "demo"}
+    assert set(commands) == {"serve", "status", "sessions", "logs", "terminate", "linger", "config", "demo"}
     for name, sub in [("booster", parser), *commands.items()]:
         for action in sub._actions:
             if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
@@ -149,7 +212,8 @@ def test_every_option_has_help_and_every_command_its_exit_codes():
 
 def test_usage_errors_exit_2():
     for argv in (["frobnicate"], ["terminate"], ["linger", "maybe", "root"], ["linger", "enable"],
-                 ["status", "--timeout", "soon"], ["serve", "--pidfile", "/tmp/x.pid"]):
+                 ["status", "--timeout", "soon"], ["serve", "--pidfile", "/tmp/x.pid"], ["logs", "-n", "-1"],
+                 ["logs", "-n", "many"], ["sessions", "a", "b"]):
         out = booster(*argv)
         assert out.returncode == 2, (argv, out.stderr)
         assert out.stderr.startswith("usage: booster"), (argv, out.stderr)
@@ -195,7 +259,7 @@ def test_control_commands_find_the_socket_as_the_booster_does(booster_factory, t
     assert out.returncode == 3 and f"booster: not running ({tmp_path / 'elsewhere.sock'}:" in out.stderr
     dead = tmp_path / "dead.toml"
     dead.write_text(f'socket = "{tmp_path / "dead.sock"}"\n')
-    for argv in (["status"], ["terminate", "root"], ["linger", "enable", "root"]):
+    for argv in (["status"], ["sessions"], ["logs"], ["logs", "-f"], ["terminate", "root"], ["linger", "enable", "root"]):
         out = booster(*argv, "--config", str(dead))
         assert out.returncode == 3 and f"not running ({tmp_path / 'dead.sock'}:" in out.stderr, (argv, out.stderr)
     # No option: the default config file's socket...
@@ -260,3 +324,17 @@ def test_status_notes_flags_and_how_a_failed_instance_ended():
     killed = entry(state="failed", signal=9, detail="killed")
     assert _entry_note(killed) == "killed by SIGKILL, killed"
     assert _entry_json(killed)["exit_status"] is None and _entry_json(killed)["signal"] == 9
+
+
+def test_a_booster_older_than_the_command_is_named_so(capsys):
+    """An older booster answers a request type it does not know with ERROR
+    MALFORMED; the command says what that means."""
+    import argparse
+
+    from booster.cli import EXIT_FAILED, _client_failure
+    from invoker.client import Refused
+
+    args = argparse.Namespace(command="sessions", user=None)
+    assert _client_failure(Refused(1, "unknown message type 16"), args) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "the running booster does not know this request (it is older than this command)" in err

@@ -57,6 +57,7 @@ max_sessions_per_user = 4
 output_rate = 10
 output_burst = 20
 output_line_limit = 200
+output_buffer_size = 8192
 log_level = "debug"
 log_target = "stderr"
 log_format = "json"
@@ -113,7 +114,7 @@ def test_a_full_file_loads(workdir):
         manage_rundir=False, rundir_path="/run/user/%g/%u/%%x", export_dbus_address=False, leader_watch="pidfd",
         cgroup="off", max_connections=16, reserved_root_connections=4, max_connections_per_uid=2,
         client_idle_timeout=0.25, max_sessions_per_user=4, output_rate=10.0, output_burst=20,
-        output_line_limit=200, log_level="debug", log_target="stderr", log_format="json",
+        output_line_limit=200, output_buffer_size=8192, log_level="debug", log_target="stderr", log_format="json",
     )
     assert isinstance(cfg.login_timeout, float) and isinstance(cfg.services_dirs, tuple)
     # FULL sets every key
@@ -132,6 +133,8 @@ def test_config_is_frozen():
     ("pool_size", 64), ("pool_size", 0), ("stop_delay", 0), ("restart_limit", 0),
     ("rundir_path", "/%u"), ("rundir_path", "/run/user/%u/%g/%%"), ("system_boot_dir", ""),
     ("path", "/bin"), ("login_timeout", 0.001),
+    ("output_buffer_size", 0), ("output_buffer_size", 4096), ("output_buffer_size", 64 << 20),
+    ("log_target", "/var/log/booster.log"), ("max_connections", 1),
 ])
 def test_edge_values_are_accepted(key, value):
     assert getattr(c.from_mapping({key: value}), key) == value
@@ -141,7 +144,8 @@ def test_edge_values_are_accepted(key, value):
 
 BAD = {
     # name: (TOML text, key, words the reason must contain)
-    "unknown key": ('sockett = "/x"\n', "sockett", "unknown key"),
+    "unknown key": ('sockett = "/x"\n', "sockett", "unknown key; did you mean 'socket'?"),
+    "unknown key, nothing close": ('frobnicate = 1\n', "frobnicate", "unknown key"),
     "unknown table": ('[pool]\nsize = 3\n', "pool", "unknown table"),
     "known key as a table": ('[socket]\npath = "/x"\n', "socket", "expected a string"),
     "string for a number": ('login_timeout = "60"\n', "login_timeout", "expected a number"),
@@ -157,6 +161,7 @@ BAD = {
     "list of numbers": ("services_dirs = [1, 2]\n", "services_dirs", "expected a list of strings"),
     "NUL in a string": ('dinit_command = "din\\u0000it"\n', "dinit_command", "NUL"),
     "bad backend": ('backend = "systemd"\n', "backend", "not one of dinit, runit"),
+    "misspelt backend": ('backend = "dinti"\n', "backend", "did you mean 'dinit'?"),
     "relative socket": ('socket = "run/booster.sock"\n', "socket", "absolute"),
     "abstract socket": ('socket = "@booster"\n', "socket", "absolute"),
     "socket path too long": (f'socket = "/{"s" * 107}"\n', "socket", "longer than 107 bytes"),
@@ -193,6 +198,11 @@ BAD = {
     "zero max_sessions_per_user": ("max_sessions_per_user = 0\n", "max_sessions_per_user", "at least 1"),
     "bad log_level": ('log_level = "verbose"\n', "log_level", "not one of"),
     "bad log_target": ('log_target = "journal"\n', "log_target", "not one of"),
+    "relative log_target file": ('log_target = "var/log/booster.log"\n', "log_target", "absolute path"),
+    "log_target a directory": ('log_target = "/var/log/"\n', "log_target", "must name a file"),
+    "log_target climbing": ('log_target = "/var/log/../booster.log"\n', "log_target", "must name a file"),
+    "output_buffer_size too small": ("output_buffer_size = 100\n", "output_buffer_size", "between 4096"),
+    "output_buffer_size negative": ("output_buffer_size = -1\n", "output_buffer_size", "0 (keep none)"),
     "bad log_format": ('log_format = "xml"\n', "log_format", "not one of"),
     "zero restart_delay": ("restart_delay = 0\n", "restart_delay", "greater than 0"),
     "delay max below delay": ("restart_delay = 2\nrestart_delay_max = 1\n", "restart_delay_max",
@@ -232,6 +242,48 @@ def test_refusal_names_file_key_and_reason(workdir, name):
 def test_the_first_bad_key_is_named_among_good_ones(workdir):
     exc = refused(workdir, 'backend = "runit"\npool_size = 2\nlog_level = "loud"\n')
     assert exc.key == "log_level"
+    assert exc.errors == [exc]
+
+
+def test_every_error_of_a_file_is_reported_at_once(workdir):
+    exc = refused(workdir, 'sockett = "/x"\npool_size = "two"\nbackend = "dinti"\nlog_level = "loud"\n'
+                           'stop_timeout = -1\n[pool]\nsize = 3\n')
+    found = {(e.key, e.reason) for e in exc.errors}
+    assert found == {
+        ("sockett", "unknown key; did you mean 'socket'?"),
+        ("pool_size", "expected an integer, got 'two'"),
+        ("backend", "'dinti' is not one of dinit, runit; did you mean 'dinit'?"),
+        ("log_level", "'loud' is not one of debug, info, warning, error"),
+        ("stop_timeout", "must be greater than 0"),
+        ("pool", "unknown table (all keys are top-level); did you mean 'pool_size'?"),
+    }
+    assert all(e.file == exc.file for e in exc.errors)
+    # The text holds each, a line each, in the file's order of keys.
+    assert str(exc).splitlines() == [str(e) for e in exc.errors]
+    assert exc.errors[0].key == "sockett" and exc.key == "sockett"
+
+
+def test_no_error_follows_from_another(workdir):
+    """A key with the wrong type is reported once; checks that involve it (with
+    the default standing in) are skipped."""
+    exc = refused(workdir, 'restart_delay = "slow"\nrestart_delay_max = 0.01\n')
+    assert [(e.key, e.reason) for e in exc.errors] == [("restart_delay", "expected a number of seconds, got 'slow'")]
+    exc = refused(workdir, 'max_connections = "many"\nreserved_root_connections = 4000\n')
+    assert [e.key for e in exc.errors] == ["max_connections"]
+    exc = refused(workdir, 'services_dirs = ["a", "b"]\n')
+    assert [e.key for e in exc.errors] == ["services_dirs"]
+
+
+def test_reserved_root_connections_follows_max_connections(workdir):
+    """Issue 14 point 7: max_connections alone is valid; root keeps half of it."""
+    assert Config().reserved_root_connections == 1024
+    assert c.load(write(workdir, "max_connections = 64\n")).reserved_root_connections == 32
+    assert c.load(write(workdir, "max_connections = 1\n")).reserved_root_connections == 0
+    assert Config(max_connections=10).reserved_root_connections == 5
+    explicit = c.load(write(workdir, "max_connections = 64\nreserved_root_connections = 60\n"))
+    assert explicit.reserved_root_connections == 60
+    assert refused(workdir, "max_connections = 64\nreserved_root_connections = 64\n").key == (
+        "reserved_root_connections")
 
 
 def test_invalid_toml_names_the_line(workdir):
@@ -333,6 +385,18 @@ def test_check_refuses_a_bad_file(workdir):
     assert result.returncode == 2
     assert result.stdout == ""
     assert f"{path}: key 'pool_size': must be between 0 and 64" in result.stderr
+
+
+def test_check_reports_every_error_with_file_key_and_a_hint(workdir):
+    path = write(workdir, 'pool_sise = 3\nlogin_timeout = "long"\nbackend = "runnit"\n')
+    result = booster("config", "--check", "--config", path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"booster: {path}: key 'pool_sise': unknown key; did you mean 'pool_size'?",
+        f"booster: {path}: key 'login_timeout': expected a number of seconds, got 'long'",
+        f"booster: {path}: key 'backend': 'runnit' is not one of dinit, runit; did you mean 'runit'?",
+    ]
 
 
 def test_check_refuses_a_missing_file(workdir):

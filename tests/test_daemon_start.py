@@ -179,3 +179,40 @@ def test_usage_errors():
                       (["serve", "--daemon", "--ready-fd", "3"], "--ready-fd is for a supervisor")):
         out = subprocess.run([BOOSTER, *argv], capture_output=True, text=True, timeout=10)
         assert out.returncode == 2 and why in out.stderr, out.stderr
+
+
+def test_a_daemon_logs_to_its_own_file_and_reopens_it_on_sighup(daemon_booster):
+    """--daemon with log_target a file: the rotation the admin guide describes
+    (rename, then kill -HUP the pidfile's pid) gives a new file."""
+    b = daemon_booster()
+    logfile = b.base / "log" / "booster.log"
+    logfile.parent.mkdir(mode=0o755)
+    b.config["log_target"] = str(logfile)
+    b.config_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in b.config.items()))
+    pidfile = b.base / "booster.pid"
+    out = serve_daemon(b.config_path, pidfile)
+    assert out.returncode == 0, out.stderr
+    assert "serving" not in out.stderr and "serving part=booster" in logfile.read_text()
+    pid = int(pidfile.read_text())
+    os.rename(logfile, logfile.with_suffix(".log.1"))
+    os.kill(pid, signal.SIGHUP)
+    pamkit.wait_for(lambda: logfile.exists() and "log file reopened on SIGHUP" in logfile.read_text(), 10,
+                    desc="a new log file")
+    os.kill(pid, signal.SIGTERM)
+    pamkit.wait_for(lambda: "stopped part=booster" in logfile.read_text(), 20, desc="the daemon stopped")
+    assert "stopped" not in logfile.with_suffix(".log.1").read_text()
+
+
+def test_a_daemon_whose_log_file_is_unsafe_exits_1_with_the_reason(daemon_booster):
+    b = daemon_booster()
+    writable = b.base / "open"
+    writable.mkdir(mode=0o777)
+    os.chmod(writable, 0o777)
+    b.config["log_target"] = str(writable / "booster.log")
+    b.config_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in b.config.items()))
+    pidfile = b.base / "booster.pid"
+    out = serve_daemon(b.config_path, pidfile)
+    assert out.returncode == 1
+    assert "booster: cannot start: cannot open the log file (log_target): untrusted path:" in out.stderr, out.stderr
+    assert not pidfile.exists() and not daemons_of(b.config_path)
+    assert not (writable / "booster.log").exists()

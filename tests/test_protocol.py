@@ -56,6 +56,16 @@ LAYOUT: dict[type, tuple[int, list[tuple[str, object]]]] = {
     p.Terminate: (13, [("user", 256)]),
     p.Linger: (14, [("user", 256), ("enable", "u8")]),
     p.Ack: (15, [("value", "u32"), ("text", 1024)]),
+    p.SessionsRequest: (16, [("user", 256)]),
+    p.SessionEntry: (17, [("session_id", "u64"), ("uid", "u32"), ("user", 256), ("service", 256), ("tty", 256),
+                          ("rhost", 1024), ("ruser", 256), ("leader_pid", "u32"), ("kind", 32), ("opened_ms", "u64"),
+                          ("flags", "u32")]),
+    p.SessionsEnd: (18, [("count", "u32")]),
+    p.LogRequest: (19, [("user", 256), ("lines", "u32"), ("flags", "u32")]),
+    p.LogLine: (20, [("seq", "u64"), ("time_ms", "u64"), ("flags", "u32"), ("text", 65000)]),
+    p.LogEnd: (21, [("count", "u32"), ("text", 1024)]),
+    p.Usage: (22, [("uid", "u32"), ("rss", "u64"), ("cpu_ms", "u64"), ("started_ms", "u64"), ("processes", "u32"),
+                   ("source", 32)]),
 }
 ALL_TYPES = list(LAYOUT)
 
@@ -164,7 +174,7 @@ def test_messages_refuse_wrong_arguments(args, kwargs):
 def test_code_names_are_for_logs():
     assert p.ErrorCode.name(p.ErrorCode.TIMEOUT) == "TIMEOUT"
     assert p.ErrorCode.name(999) == "999"
-    assert p.MessageType.values() == list(range(1, 16))
+    assert p.MessageType.values() == list(range(1, 23))
 
 
 # --- round trips ---------------------------------------------------------------------------------
@@ -249,7 +259,7 @@ MALFORMED = {
     "version 3": (frame(STATUS_REQ, b"\0\0", version=3), UnsupportedVersion, ErrorCode.UNSUPPORTED_VERSION),
     "version 255": (frame(STATUS_REQ, b"\0\0", version=255), UnsupportedVersion, ErrorCode.UNSUPPORTED_VERSION),
     "type 0": (frame(0, b""), UnknownMessageType, ErrorCode.MALFORMED),
-    "type 16": (frame(16, b""), UnknownMessageType, ErrorCode.MALFORMED),
+    "type 23": (frame(23, b""), UnknownMessageType, ErrorCode.MALFORMED),
     "type 255": (frame(255, b""), UnknownMessageType, ErrorCode.MALFORMED),
     "oversized by one": (frame(STATUS_REQ, b"", length=65529), FrameTooLarge, ErrorCode.MALFORMED),
     "oversized u32 max": (frame(STATUS_REQ, b"", length=2**32 - 1), FrameTooLarge, ErrorCode.MALFORMED),
@@ -601,6 +611,13 @@ LEGAL = {
     (State.IDLE, C, T.TERMINATE): State.REQUEST,
     (State.IDLE, C, T.LINGER): State.REQUEST,
     (State.REQUEST, S, T.ACK): State.DONE,
+    (State.STATUS, S, T.USAGE): State.STATUS,
+    (State.IDLE, C, T.SESSIONS_REQUEST): State.SESSIONS,
+    (State.SESSIONS, S, T.SESSION_ENTRY): State.SESSIONS,
+    (State.SESSIONS, S, T.SESSIONS_END): State.DONE,
+    (State.IDLE, C, T.LOG_REQUEST): State.LOGS,
+    (State.LOGS, S, T.LOG_LINE): State.LOGS,
+    (State.LOGS, S, T.LOG_END): State.DONE,
 }
 
 SAMPLE = {
@@ -620,6 +637,13 @@ SAMPLE = {
     T.TERMINATE: p.Terminate(user="alice"),
     T.LINGER: p.Linger(user="alice", enable=1),
     T.ACK: p.Ack(value=1, text="started"),
+    T.SESSIONS_REQUEST: p.SessionsRequest(user="alice"),
+    T.SESSION_ENTRY: p.SessionEntry(session_id=1, uid=1000, user="alice", kind="pam_exec"),
+    T.SESSIONS_END: p.SessionsEnd(count=1),
+    T.LOG_REQUEST: p.LogRequest(user="alice", lines=10, flags=p.LogFlags.FOLLOW),
+    T.LOG_LINE: p.LogLine(seq=1, time_ms=1700000000000, text="hello"),
+    T.LOG_END: p.LogEnd(count=1),
+    T.USAGE: p.Usage(uid=1000, rss=1 << 20, cpu_ms=5, started_ms=1700000000000, processes=2, source="cgroup"),
 }
 
 # A shortest way into each state (the messages, in order, each with its sender).
@@ -633,6 +657,8 @@ PATH_TO = {
     State.CLOSING: [(C, T.HELLO), (S, T.HELLO), (C, T.CLOSE_SESSION)],
     State.STATUS: [(C, T.HELLO), (S, T.HELLO), (C, T.STATUS_REQUEST)],
     State.REQUEST: [(C, T.HELLO), (S, T.HELLO), (C, T.PREWARM)],
+    State.SESSIONS: [(C, T.HELLO), (S, T.HELLO), (C, T.SESSIONS_REQUEST)],
+    State.LOGS: [(C, T.HELLO), (S, T.HELLO), (C, T.LOG_REQUEST)],
     State.DONE: [(C, T.HELLO), (S, T.HELLO), (C, T.CLOSE_SESSION), (S, T.CLOSED)],
 }
 LIVE_STATES = list(PATH_TO)
@@ -689,7 +715,8 @@ def test_open_pipelined_behind_hello(waits):
 
 
 def test_only_open_session_may_be_pipelined():
-    for type_ in (T.CLOSE_SESSION, T.STATUS_REQUEST, T.PREWARM, T.TERMINATE, T.LINGER):
+    for type_ in (T.CLOSE_SESSION, T.STATUS_REQUEST, T.PREWARM, T.TERMINATE, T.LINGER, T.SESSIONS_REQUEST,
+                  T.LOG_REQUEST):
         with pytest.raises(LocalProtocolError):
             connection_in(State.HELLO_SENT, C).send(SAMPLE[type_])
         with pytest.raises(UnexpectedMessage):
@@ -709,6 +736,33 @@ def test_status_conversation(entries):
     client, server = converse([(C, T.HELLO), (S, T.HELLO), (C, T.STATUS_REQUEST)]
                               + [(S, T.STATUS_ENTRY)] * entries + [(S, T.STATUS_END)])
     assert client.state == server.state == State.DONE
+
+
+@pytest.mark.parametrize("entries", [0, 1, 5])
+def test_status_conversation_with_usage(entries):
+    """A client whose HELLO asked for it gets USAGE after each STATUS_ENTRY."""
+    client, server = converse([(C, T.HELLO), (S, T.HELLO), (C, T.STATUS_REQUEST)]
+                              + [(S, T.STATUS_ENTRY), (S, T.USAGE)] * entries + [(S, T.STATUS_END)])
+    assert client.state == server.state == State.DONE
+
+
+@pytest.mark.parametrize("entries", [0, 1, 5])
+def test_sessions_conversation(entries):
+    client, server = converse([(C, T.HELLO), (S, T.HELLO), (C, T.SESSIONS_REQUEST)]
+                              + [(S, T.SESSION_ENTRY)] * entries + [(S, T.SESSIONS_END)])
+    assert client.state == server.state == State.DONE
+
+
+@pytest.mark.parametrize("lines", [0, 1, 5])
+def test_logs_conversation_and_a_follower_that_leaves(lines):
+    client, server = converse(PATH_TO[State.LOGS] + [(S, T.LOG_LINE)] * lines + [(S, T.LOG_END)])
+    assert client.state == server.state == State.DONE
+    # Followed: lines until the client closes; nothing it sends is legal meanwhile.
+    client, server = converse(PATH_TO[State.LOGS] + [(S, T.LOG_LINE)] * lines)
+    assert server.receive_data(b"") == [] and server.state == State.LOGS
+    client, server = converse(PATH_TO[State.LOGS])
+    with pytest.raises(UnexpectedMessage):
+        server.receive_data(p.encode(SAMPLE[T.CLOSE_SESSION]))
 
 
 def test_frames_may_arrive_together_or_split():
@@ -837,6 +891,18 @@ GOLDEN = [
     (p.Terminate(user="alice"), "4442020d00000007 0005 616c696365"),
     (p.Linger(user="alice", enable=1), "4442020e00000008 0005 616c696365 01"),
     (p.Ack(value=1, text="started"), "4442020f0000000d 00000001 0007 73746172746564"),
+    (p.SessionsRequest(user=""), "4442021000000002 0000"),
+    (p.SessionEntry(session_id=1, uid=1000, user="alice", service="sshd", tty="ssh", rhost="192.0.2.7",
+                    leader_pid=4242, kind="pam_exec", opened_ms=1700000000000),
+     "4442021100000045 0000000000000001 000003e8 0005 616c696365 0004 73736864 0003 737368"
+     "0009 3139322e302e322e37 0000 00001092 0008 70616d5f65786563 0000018bcfe56800 00000000"),
+    (p.SessionsEnd(count=1), "4442021200000004 00000001"),
+    (p.LogRequest(user="alice", lines=10, flags=p.LogFlags.FOLLOW), "444202130000000f 0005 616c696365 0000000a 00000001"),
+    (p.LogLine(seq=7, time_ms=1700000000123, text="hello"),
+     "444202140000001b 0000000000000007 0000018bcfe5687b 00000000 0005 68656c6c6f"),
+    (p.LogEnd(count=1), "4442021500000006 00000001 0000"),
+    (p.Usage(uid=1000, rss=3670016, cpu_ms=42, started_ms=1700000000000, processes=2, source="cgroup"),
+     "4442021600000028 000003e8 0000000000380000 000000000000002a 0000018bcfe56800 00000002 0006 6367726f7570"),
 ]
 
 

@@ -52,6 +52,12 @@ class Launch(abc.ABC):
         """The instance has its copies of ``pass_fds``: drop ours where we must
         (a pipe's write end, so that end-of-file can mean "died")."""
 
+    def routine_output(self, line: str) -> bool:
+        """Whether ``line`` of the instance's output (as ``booster.output``
+        renders it) is expected on every start and worth no more than a debug
+        line in the booster's log."""
+        return False
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release what this launch holds (descriptors), once the instance is gone."""

@@ -26,6 +26,7 @@ import signal
 from booster import safefs
 from booster.backends import dinit_control
 from booster.backends.base import Backend, InstanceSpec, Launch, StartError, read_until, resolve
+from booster.output import escape
 
 READY_FD = 3
 READY_LIMIT = 4096
@@ -62,13 +63,32 @@ def boot_service(config) -> str:
     return "\n".join(lines) + "\n"
 
 
+def missing_boot_dir_line(config, home: str) -> str | None:
+    """What dinit prints on each start of an instance whose user has no boot
+    directory (as ``booster.output`` renders it), or None when the boot
+    directory is not one of the user's (an absolute ``boot_dir``: missing, it
+    is the administrator's mistake and stays visible).  ``boot`` names it as
+    ``$HOME/...``, which dinit substitutes from the instance's ``HOME``."""
+    if not config.boot_dir.startswith("~/"):
+        return None
+    return escape(f"dinit: Could not open dependency directory '{home}/{config.boot_dir[2:]}' for boot service.")
+
+
 class DinitLaunch(Launch):
-    def __init__(self, argv, ready_r: int, ready_w: int, control_socket: str, uid: int) -> None:
+    def __init__(self, argv, ready_r: int, ready_w: int, control_socket: str, uid: int,
+                 quiet_line: str | None = None) -> None:
         self.argv = argv
         self.pass_fds = {READY_FD: ready_w}
         self._ready_r = ready_r
         self._uid = uid
         self.control_socket = control_socket  # the --socket-path we gave
+        self._quiet_line = quiet_line
+
+    def routine_output(self, line: str) -> bool:
+        # A user without a boot directory is normal (nothing starts at login);
+        # dinit says so on every start.  It reads the directory afresh each
+        # start, so one made later counts from the next login on.
+        return line == self._quiet_line
 
     def after_spawn(self) -> None:
         fd = self.pass_fds.pop(READY_FD, None)
@@ -146,7 +166,8 @@ class DinitBackend(Backend):
             argv += ["--cgroup-path", spec.cgroup]
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         os.set_blocking(ready_w, True)
-        return DinitLaunch(tuple(argv), ready_r, ready_w, control, spec.account.uid)
+        return DinitLaunch(tuple(argv), ready_r, ready_w, control, spec.account.uid,
+                           missing_boot_dir_line(spec.config, spec.account.home))
 
     def exit_before_ready_is_final(self, code: int | None) -> bool:
         # dinit exits 0 on its own only when nothing is left to run: boot could
