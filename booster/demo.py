@@ -83,11 +83,15 @@ def _print_rest(proc: subprocess.Popen) -> None:
 
 
 def _listed(table: str, name: str) -> bool:
-    """``booster status`` lists ``name`` as ready with one session."""
-    for row in table.splitlines():
-        fields = row.split()
+    """``booster status`` lists ``name`` as ready with one session (columns found
+    by the header's names)."""
+    rows = [row.split() for row in table.splitlines()]
+    if not rows or "STATE" not in rows[0] or "SESSIONS" not in rows[0]:
+        return False
+    state, sessions = rows[0].index("STATE"), rows[0].index("SESSIONS")
+    for fields in rows[1:]:
         if fields[:1] == [name]:
-            return len(fields) > 4 and fields[2] == "ready" and fields[4] == "1"
+            return len(fields) > max(state, sessions) and fields[state] == "ready" and fields[sessions] == "1"
     return False
 
 
