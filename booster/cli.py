@@ -5,8 +5,9 @@ way the booster does: ``--socket``, else the ``socket`` of ``--config``, else of
 the default config file if it exists, else the embedded default.
 
 Exit codes, the same for every command: 0 done; 1 failed (the reason on
-stderr); 2 usage or configuration error (or not root where root is needed);
-3 no booster running.
+stderr; also when someone other than root serves the socket: the commands
+talk only to a root booster); 2 usage or configuration error (or not root
+where root is needed); 3 no booster running.
 """
 
 from __future__ import annotations
@@ -233,11 +234,15 @@ def _is_booster_serving(pid: int) -> bool:
 def _client_failure(exc, args) -> int:
     """Say what went wrong with a control request; its exit status."""
     from common import protocol as p
-    from invoker.client import BoosterUnavailable, Refused
+    from invoker.client import BoosterUnavailable, Refused, UntrustedServer
 
     if isinstance(exc, BoosterUnavailable):
         print(f"booster: not running ({exc})", file=sys.stderr)
         return EXIT_NOT_RUNNING
+    if isinstance(exc, UntrustedServer):
+        # Something answers there, and it is not the booster: worth more than "not running".
+        print(f"booster: untrusted server on the socket: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     # A user who may not ask about others hears "not permitted" for any name:
     # a name that does not exist is worth saying so.
     if isinstance(exc, Refused) and args.user and (exc.code == p.ErrorCode.UNKNOWN_USER

@@ -24,14 +24,15 @@ block (``/proc/self/environ``): the PAM environment comes first there and a
 user can put a ``PAM_USER`` of their own into it (``pam_env user_readenv``).
 
 Never locks anyone out: unless ``--required`` is given, every failure is
-logged and the login goes on (exit 0).
+logged and the login goes on (exit 0).  A socket served by anyone but root
+is one of those failures (``invoker.client`` checks before it sends).
 """
 
 import posix
 import sys
 
 from common import wire as w
-from invoker.client import BoosterUnavailable, Client, ClientError, fit, wait_readable
+from invoker.client import BoosterUnavailable, Client, ClientError, UntrustedServer, fit, wait_readable
 
 DEFAULT_SOCKET = "/run/booster/control.sock"
 DEFAULT_TIMEOUT = 120.0
@@ -160,6 +161,10 @@ def run(argv) -> int:
         return 0
     except BoosterUnavailable as exc:
         _log().warning("booster not running; continuing without a user instance", user=user, reason=str(exc))
+        return 0 if pam_type == "account" else failed
+    except UntrustedServer as exc:
+        _log().error("untrusted server on the booster's socket; continuing without a user instance", user=user,
+                     reason=str(exc))
         return 0 if pam_type == "account" else failed
     except ClientError as exc:
         _log().error(pam_type + " failed", user=user, reason=str(exc))

@@ -38,13 +38,14 @@ import pytest
 
 import attackers
 import pamkit
-from conftest import (BOOSTER, INVOKER, PYTHON, as_user, exec_service, install_autostart, instance_of,
+from conftest import (BOOSTER, INVOKER, PAM_MODULE, PYTHON, as_user, exec_service, install_autostart, instance_of,
                       new_booster, wait_gone)
 from harness import _toml
 from test_rundir import instance_env, refused_login
 from common import protocol as p
 from invoker.client import Refused, query_status
 
+HOOK = str(Path(PAM_MODULE).with_name("pam_exec.py"))
 CONTROL_BYTES = bytes(range(0x20)).replace(b"\n", b"") + b"\x7f"
 
 
@@ -589,3 +590,75 @@ def test_slow_nss_stalls_no_login_and_status_never_looks_up_others_names(booster
     asked = log.read_text().split()
     assert "btslow-probe-1" not in asked and "btslow-probe-2" not in asked, asked
     assert asker.name not in asked  # its own name came from its uid
+
+
+# --- 8. the PAM side believes only a root booster (issue 14) ---------------------------------------
+
+
+@contextlib.contextmanager
+def impostor(mode: str):
+    """A user serving the protocol at a path a PAM line might name: yields
+    (the user, the socket's path, the impostor's process)."""
+    with pamkit.temp_user() as u:
+        d = tempfile.mkdtemp(prefix="bt-impostor-")
+        os.chown(d, u.uid, u.gid)
+        os.chmod(d, 0o755)
+        proc = None
+        try:
+            proc = attackers.impostor_server(u, os.path.join(d, "control.sock"), mode)
+            yield u, os.path.join(d, "control.sock"), proc
+        finally:
+            if proc is not None:
+                pamkit.terminate(proc)
+            shutil.rmtree(d, ignore_errors=True)
+            wait_gone(u.uid)
+
+
+PLANTED = ("LD_PRELOAD", "BASH_ENV", "LD_AUDIT", "LD_LIBRARY_PATH", "GREETING")
+
+
+def test_a_users_socket_named_by_a_pam_python_line_exports_nothing(tmp_path):
+    """The reproduction of the issue: a pam_python line names a socket a user
+    serves; the root pam_exec line after it used to run with the user's
+    LD_PRELOAD, BASH_ENV, PATH and runtime directory, and a second assignment
+    smuggled in behind a newline."""
+    env_log = tmp_path / "env.log"
+    with impostor("ready") as (u, path, proc), pamkit.temp_user() as victim:
+        stack = pamkit.minimal_stack(f"optional {pamkit.PAM_PYTHON_SO} {PAM_MODULE} socket={path}",
+                                     f"optional pam_exec.so log={env_log} /usr/bin/env")
+        with pamkit.pam_service(stack) as svc:
+            started = time.monotonic()
+            out = pamkit.pamtester(svc, victim.name, "open_session", "close_session")
+            elapsed = time.monotonic() - started
+        assert out.returncode == 0, out.stdout + out.stderr
+        exported = dict(line.split("=", 1) for line in env_log.read_text().splitlines() if "=" in line)
+        assert not set(PLANTED) & set(exported), exported
+        assert not any(u.home in value for value in exported.values()), exported
+        assert "PATH" not in exported and "XDG_RUNTIME_DIR" not in exported, exported
+        assert "untrusted" in out.stderr and str(u.uid) in out.stderr, out.stderr
+        assert out.stderr.count("invoker") == 1, out.stderr  # one line
+        assert elapsed < 2.0, elapsed
+    assert proc.stdout.read().split("\n").count("client sent 0 bytes") == 1  # not even the HELLO went out  # not even the HELLO went out
+
+
+def test_a_silent_impostor_holds_no_login_and_hears_nothing():
+    """An impostor that answers HELLO and then says nothing held each login for
+    the hook's timeout (120 s by default)."""
+    with impostor("silent") as (u, path, proc), pamkit.temp_user() as victim:
+        env = {"PAM_TYPE": "open_session", "PAM_USER": victim.name, "PAM_SERVICE": "test"}
+        for argv in ([PYTHON, "-I", "-S", HOOK, "--socket", path], [INVOKER, "--socket", path],
+                     [PYTHON, "-I", "-S", HOOK, "--socket", path, "--required"]):
+            started = time.monotonic()
+            out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+            assert time.monotonic() - started < 2.0, (argv, out.stderr)
+            assert out.returncode == (1 if "--required" in argv else 0), out.stderr
+            assert "untrusted" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+        for argv in ([INVOKER, "open", "--user", victim.name, "--socket", path],
+                     [BOOSTER, "status", "--socket", path], [BOOSTER, "linger", "enable", victim.name, "--socket", path],
+                     [BOOSTER, "terminate", victim.name, "--socket", path]):
+            started = time.monotonic()
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            assert time.monotonic() - started < 5.0, (argv, out.stderr)
+            assert out.returncode == 1 and "untrusted" in out.stderr, (argv, out.returncode, out.stderr)
+            assert "Traceback" not in out.stderr
+    assert proc.stdout.read().split("\n").count("client sent 0 bytes") == 7
