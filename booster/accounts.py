@@ -14,6 +14,8 @@ import pwd
 import queue
 import threading
 
+from common import usernames
+
 CACHE_TTL = 5.0        # seconds an answer is kept: a changed account shows within this
 LOOKUP_TIMEOUT = 10.0  # seconds one lookup may take before the request gets an error
 WORKERS = 4            # threads calling NSS at once
@@ -45,8 +47,11 @@ class Account:
 
 
 def _check_name(name: str) -> None:
-    if not name or name.startswith("-") or "/" in name or name in (".", ".."):
-        raise UnknownUser(f"{name!r} is not a valid user name")
+    """The one rule for user names (``common.usernames``): a name it refuses is
+    never looked up."""
+    why = usernames.problem(name)
+    if why is not None:
+        raise UnknownUser(f"{name!r} is not a valid user name: {why}")
 
 
 def lookup(name: str) -> Account:

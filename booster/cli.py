@@ -318,7 +318,13 @@ def _known_user(name: str) -> bool:
 
 
 def _no_such_user(name: str) -> int:
-    print(f"booster: no such user: {name}", file=sys.stderr)
+    from common import usernames
+
+    why = usernames.problem(name)
+    if why is not None:  # the booster's one rule for names refuses it: say which part
+        print(f"booster: {name!r} is not a valid user name: {why}", file=sys.stderr)
+    else:
+        print(f"booster: no such user: {name}", file=sys.stderr)
     return EXIT_FAILED
 
 
