@@ -27,7 +27,7 @@ import time
 
 import psutil
 
-from booster import log, rundir, safefs
+from booster import leftovers, log, rundir, safefs
 from booster.accounts import Account, AccountLookups, LookupStalled, UnknownUser
 from booster.backends.base import Backend
 from booster.backends.dinit import DinitBackend
@@ -479,41 +479,20 @@ class Booster:
 
     async def end_adopted(self, uid: int, timeout: float) -> None:
         """Without a cgroup: end the processes of ``uid`` that were re-parented to
-        the booster (what an instance of that user left behind), TERM then KILL."""
-        deadline = self.loop.time() + timeout
-        signalled: set[int] = set()
-        while True:
-            known = {u.process.pid for u in self.users.values() if u.process is not None} | set(self.pool.pids())
-            try:
-                left = [c for c in psutil.Process().children(recursive=True)
-                        if c.pid not in known and c.uids().real == uid]
-            except psutil.Error:
-                left = []
-            if not left:
-                return
-            final = self.loop.time() >= deadline
-            for proc in left:
-                if final or proc.pid not in signalled:
-                    try:
-                        proc.send_signal(signal.SIGKILL if final else signal.SIGTERM)
-                    except psutil.Error:
-                        pass
-                    signalled.add(proc.pid)
-            woke = self.loop.create_future()
-            handles = []
-            for proc in left:
-                try:
-                    handles.append(self.leaders.watch(proc.pid, lambda: woke.done() or woke.set_result(None)))
-                except ProcessLookupError:
-                    woke.done() or woke.set_result(None)
-            try:
-                await asyncio.wait_for(woke, KILL_GRACE if final else max(0.01, deadline - self.loop.time()))
-            except asyncio.TimeoutError:
-                if final:
-                    return
-            finally:
-                for handle in handles:
-                    handle.cancel()
+        the booster (what an instance of that user left behind), TERM then KILL
+        (``booster.leftovers``), and say in one line what it took."""
+        sweep = await leftovers.end_adopted(
+            uid, self.loop.time() + timeout,
+            lambda: {u.process.pid for u in self.users.values() if u.process is not None} | set(self.pool.pids()),
+            self.leaders, self.loop, KILL_GRACE)
+        if sweep.left:
+            self._log.error("processes the instance left behind could not be ended", uid=uid,
+                            **leftovers.summary(sweep))
+        elif sweep.killed:
+            self._log.warning("ended what the instance left behind; some needed KILL", uid=uid,
+                              **leftovers.summary(sweep))
+        elif sweep.seen:
+            self._log.info("ended what the instance left behind", uid=uid, **leftovers.summary(sweep))
 
     # --- main loop and shutdown -------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -662,3 +663,60 @@ def test_a_silent_impostor_holds_no_login_and_hears_nothing():
             assert out.returncode == 1 and "untrusted" in out.stderr, (argv, out.returncode, out.stderr)
             assert "Traceback" not in out.stderr
     assert proc.stdout.read().split("\n").count("client sent 0 bytes") == 7
+
+
+# --- 9. what an instance leaves behind, without cgroups (issue 14) ----------------------------------
+
+# An autostart service that starts a daemon of its own: out of the service's
+# session (setsid), deaf to TERM, forking without end; each child it forks
+# forks a sleeper and exits at once, so the sleepers are orphans that end up
+# with the booster.
+FORK_LOOP = r"""setsid -f /bin/sh -c 'trap "" TERM; while :; do (/bin/sleep 0.2 &); /bin/sleep 0.005; done' \
+    </dev/null >/dev/null 2>&1
+exec /bin/sleep 100000
+"""
+
+
+def kill_everything_of(uid: int, timeout: float = 10.0) -> None:
+    """SIGKILL each process of ``uid`` (the test's user), by pid, until none is
+    left: a cleanup for a fork loop that outlived what was meant to end it."""
+    def gone() -> bool:
+        procs = pamkit.procs_of_uid(uid, zombies=False)
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        return not procs
+    pamkit.wait_for(gone, timeout, desc=f"every process of uid {uid} killed")
+
+
+def test_a_term_deaf_fork_loop_does_not_outlive_the_logout_without_cgroups(booster_factory, backend, user):
+    """One process that vanished while the booster listed what the instance
+    left behind aborted the whole sweep: the loop survived the logout, and
+    the booster logged a line for each orphan it reaped, for ever."""
+    b = booster_factory(backend, cgroup="off")
+    script = os.path.join(user.home, "forkloop.sh")
+    Path(script).write_text(FORK_LOOP)
+    os.chown(script, user.uid, user.gid)
+    install_autostart(user, backend, "forkloop", f"/bin/sh {script}")
+    try:
+        with exec_service(b) as svc, pamkit.HeldSession(svc, user.name) as held:
+            looping = lambda: [q for q in pamkit.procs_of_uid(user.uid, zombies=False)  # noqa: E731
+                               if "trap" in " ".join(q.cmdline())]
+            pamkit.wait_for(looping, 15, desc="the fork loop running")
+            time.sleep(1)  # orphans pile up
+            held.close()
+        # stop_timeout is 5 s (harness): by then TERM has been tried on all of
+        # it, then KILL; a little more for the KILLs to land.
+        wait_gone(user.uid, timeout=5 + 5)
+        pamkit.wait_for(lambda: b.user(user.name) is None, 10, desc="the booster done with the user")
+        time.sleep(1)
+        assert pamkit.procs_of_uid(user.uid, zombies=False) == []  # nothing came back
+    finally:
+        kill_everything_of(user.uid)
+    log = b.log()
+    swept = [line for line in log.splitlines() if "ended what the instance left behind" in line]
+    assert len(swept) == 1, log[-3000:]
+    assert re.search(r" killed=[1-9]", swept[0]), swept  # the loop ignored TERM: KILL ended it
+    # One line for all it reaped, not one per orphan.
+    assert log.count("reaped adopted process") < 10, log.count("reaped adopted process")
+    assert "Traceback" not in log
