@@ -46,6 +46,12 @@ class Account:
         return path
 
 
+def changes(old: Account, new: Account) -> list[str]:
+    """What differs between two accounts of one uid, of what an instance runs
+    with and as: the name, the home, the primary group, the groups."""
+    return [field for field in ("name", "home", "gid", "groups") if getattr(old, field) != getattr(new, field)]
+
+
 def _check_name(name: str) -> None:
     """The one rule for user names (``common.usernames``): a name it refuses is
     never looked up."""

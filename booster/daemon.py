@@ -28,7 +28,7 @@ import time
 import psutil
 
 from booster import leftovers, log, rundir, safefs
-from booster.accounts import Account, AccountLookups, LookupStalled, UnknownUser
+from booster.accounts import Account, AccountLookups, LookupStalled, UnknownUser, changes
 from booster.backends.base import Backend
 from booster.backends.dinit import DinitBackend
 from booster.backends.runit import RunitBackend
@@ -405,6 +405,53 @@ class Booster:
     def _leader_exited(self, session: Session) -> None:
         self._log.info("session leader exited", session=session.id, leader=session.leader_pid)
         self.end_session(session, p.EndReason.LEADER_EXITED)
+
+    async def take_over_uid(self, account: Account) -> None:
+        """Make sure the uid's record, if any, is ``account``'s, before a login,
+        a pre-warm or linger uses it.  When the account behind the uid changed
+        since its instance started (deleted and its uid given to another;
+        renamed, moved, given other groups), that instance stops first, and the
+        caller's ``begin`` starts one for ``account``.  Concurrent callers wait
+        for the same hand-over."""
+        while (user := self.users.get(account.uid)) is not None:
+            changed = changes(user.account, account)
+            if not changed:
+                return
+            if user.handover is None:
+                user.handover = self.loop.create_task(self._hand_over(user, account, changed))
+            await asyncio.shield(user.handover)
+
+    async def _hand_over(self, user: UserInstance, account: Account, changed: list[str]) -> None:
+        """Stop ``user``'s instance for ``account``.  A different name is a
+        different account: its sessions end (a carrying connection hears
+        ACCOUNT_CHANGED).  The same name is the same account, changed: its
+        sessions go on, counted for the new instance."""
+        same = user.account.name == account.name
+        sessions = list(user.sessions.values())
+        self._log.warning("the account behind the uid changed; its instance stops for the new account",
+                          uid=account.uid, old=user.account.name, new=account.name, changed=",".join(changed),
+                          sessions=len(sessions), sessions_kept=same)
+        for session in sessions:
+            if same:
+                user.sessions.pop(session.id, None)  # not ended: they move to the new instance below
+            else:
+                self.end_session(session, p.EndReason.ACCOUNT_CHANGED)
+        try:
+            await asyncio.wait_for(asyncio.shield(user.request_stop()),
+                                   self.config.stop_timeout + SHUTDOWN_MARGIN)
+        except asyncio.TimeoutError:
+            user.handover = None  # the next login tries again
+            raise Refused(p.ErrorCode.START_FAILED,
+                          f"the instance of {user.account.name}, the uid's previous account, did not stop") from None
+        if self.users.get(account.uid) is user:
+            del self.users[account.uid]  # its failure record, or a record whose lifecycle never ran
+            self.state_changed()
+        if same:
+            new = self.user_of(account)
+            for session in sessions:
+                if not session.ended:
+                    session.user = new
+                    new.add_session(session)
 
     def user_of(self, account: Account) -> UserInstance:
         """The user's record, made on first need."""

@@ -153,6 +153,7 @@ class UserInstance:
         self.runtime_dir: str | None = None
         self.managed_rundir: str | None = None
         self.task: asyncio.Task | None = None
+        self.handover: asyncio.Task | None = None  # stopping for another account of this uid (Booster.take_over_uid)
         self._log = log.get("user", user=account.name, uid=account.uid)
 
     # --- the state table -----------------------------------------------------------

@@ -720,3 +720,107 @@ def test_a_term_deaf_fork_loop_does_not_outlive_the_logout_without_cgroups(boost
     # One line for all it reaped, not one per orphan.
     assert log.count("reaped adopted process") < 10, log.count("reaped adopted process")
     assert "Traceback" not in log
+
+
+# --- 10. a uid that changes hands (issue 14) -------------------------------------------------------
+
+
+def free_uid() -> int:
+    """A uid no account and no process has now, well above the ones useradd
+    hands out (other tests make users concurrently; never assume one is free)."""
+    import pwd
+    import random
+
+    used = {proc.uids().real for proc in psutil.process_iter() if proc.is_running()}
+    while True:
+        uid = random.randrange(40000, 60000)
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            if uid not in used:
+                return uid
+
+
+@contextlib.contextmanager
+def account_on_a_fresh_uid(prefix: str):
+    for _ in range(10):
+        try:
+            with pamkit.named_user(pamkit.unique_name(prefix), uid=free_uid()) as u:
+                yield u
+            return
+        except pamkit.UidTaken:
+            continue
+    raise RuntimeError("no free uid found in ten tries")
+
+
+def test_a_reused_uid_gets_a_fresh_instance_for_its_new_account(booster_factory, backend):
+    """Account A holds a session; A is deleted and B made with A's uid.  B's
+    login used to join A's instance, still running with HOME and USER of A."""
+    b = booster_factory(backend)
+    holder = None
+    with account_on_a_fresh_uid("bta") as a:
+        install_autostart(a, backend)
+        try:
+            holder = subprocess.Popen([INVOKER, "open", "--user", a.name, "--socket", b.socket],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert holder.stdout.readline().startswith("XDG_RUNTIME_DIR="), holder.stderr.read()
+            old = instance_of(b, a.name)
+            assert instance_env(old)["USER"] == a.name
+            out = subprocess.run(["userdel", "-f", a.name], capture_output=True, text=True, timeout=30)
+            assert out.returncode in (0, 8), out.stderr  # 8: in use (its instance runs), removed all the same
+            with pamkit.named_user(pamkit.unique_name("btb"), uid=a.uid) as bee:
+                install_autostart(bee, backend)
+                with exec_service(b) as svc, pamkit.HeldSession(svc, bee.name) as held:
+                    entry = b.user(bee.name)
+                    assert entry is not None and entry["state"] == "ready", (b.status(), b.log()[-3000:])
+                    assert entry["pid"] != old and entry["uid"] == a.uid
+                    env = instance_env(entry["pid"])
+                    assert (env["USER"], env["HOME"]) == (bee.name, bee.home), env
+                    # Status names the account the instance runs for: B's, and no longer A's.
+                    assert [e["user"] for e in b.status()["users"]] == [bee.name]
+                    assert not psutil.pid_exists(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE
+                    # A's session was ended, and its holder told why.
+                    assert holder.wait(10) == 0
+                    assert "reason=account_changed" in holder.stderr.read()
+                    held.close()
+                user_gone(b, bee)
+        finally:
+            if holder is not None:
+                pamkit.terminate(holder)
+            shutil.rmtree(a.home, ignore_errors=True)
+    assert "the account behind the uid changed" in b.log()
+
+
+def test_a_changed_account_restarts_its_instance_and_keeps_its_sessions(booster_factory, backend, user):
+    """The same name with other groups is the same account, changed: the next
+    login restarts the instance with the new groups, and the sessions it had
+    go on, counted for the new instance."""
+    b = booster_factory(backend)
+    group = pamkit._groupadd_unique("btg")
+    holder = None
+    try:
+        holder = subprocess.Popen([INVOKER, "open", "--user", user.name, "--socket", b.socket],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().startswith("XDG_RUNTIME_DIR="), holder.stderr.read()
+        looked_up = time.monotonic()
+        old = instance_of(b, user.name)
+        assert subprocess.run(["usermod", "-aG", group, user.name], capture_output=True).returncode == 0
+        gid = __import__("grp").getgrnam(group).gr_gid
+        time.sleep(max(0.0, 5.5 - (time.monotonic() - looked_up)))  # accounts.CACHE_TTL: then the change shows
+        with exec_service(b) as svc, pamkit.HeldSession(svc, user.name) as held:
+            entry = b.user(user.name)
+            assert entry["state"] == "ready" and entry["pid"] != old, (entry, b.log()[-3000:])
+            assert gid in pamkit.proc_status(entry["pid"]).ints("Groups")
+            assert entry["sessions"] == 2  # the held one came along
+            assert holder.poll() is None
+            held.close()
+        pamkit.wait_for(lambda: b.user(user.name)["sessions"] == 1, 10, desc="the second session ended")
+        assert b.user(user.name)["state"] == "ready"  # the first one still wants it
+        holder.terminate()
+        assert holder.wait(10) == 0
+        user_gone(b, user)
+    finally:
+        if holder is not None:
+            pamkit.terminate(holder)
+        pamkit._groupdel(group)
+    assert "changed=groups" in b.log() and "sessions_kept=True" in b.log()
