@@ -30,9 +30,11 @@ is one of those failures (``invoker.client`` checks before it sends).
 
 import posix
 import sys
+import time
 
 from common import wire as w
-from invoker.client import BoosterUnavailable, Client, ClientError, UntrustedServer, fit, wait_readable
+from invoker.client import (HANDSHAKE_TIMEOUT, REQUEST_TIMEOUT, BoosterUnavailable, Client, ClientError,
+                            UntrustedServer, fit, wait_readable)
 
 DEFAULT_SOCKET = "/run/booster/control.sock"
 DEFAULT_TIMEOUT = 120.0
@@ -151,12 +153,15 @@ def run(argv) -> int:
     try:
         if pam_type == "open_session":
             return _open(opts, client, items, env.get("XDG_RUNTIME_DIR", ""), leader)
-        client.connect()
+        # --timeout bounds these exchanges too (each is answered at once by a booster that works).
+        deadline = time.monotonic() + opts.timeout
+        client.connect(handshake_timeout=min(HANDSHAKE_TIMEOUT, opts.timeout))
+        left = max(0.0, min(REQUEST_TIMEOUT, deadline - time.monotonic()))
         if pam_type == "account":
             # Pre-warm never decides a login: the session phase will say what failed.
-            client.ask(w.MSG_PREWARM, user)
+            client.ask(w.MSG_PREWARM, user, timeout=left)
         else:
-            client.close_session(user, leader)
+            client.close_session(user, leader, timeout=left)
         client.disconnect(DISCONNECT_TIMEOUT)
         return 0
     except BoosterUnavailable as exc:

@@ -25,6 +25,7 @@ pre-warm never decides a login.
 """
 
 import os
+import time
 
 from common import loginenv
 from common import wire as w
@@ -112,9 +113,11 @@ def acct_mgmt(pamh, argv) -> int:
     if not user:
         return pamh.PAM_SUCCESS
     client = client_mod.Client(opts["socket"], "invoker/pam_python account")
+    deadline = time.monotonic() + opts["timeout"]  # timeout= bounds the pre-warm too
     try:
-        client.connect()
-        client.ask(w.MSG_PREWARM, user)
+        client.connect(handshake_timeout=min(client_mod.HANDSHAKE_TIMEOUT, opts["timeout"]))
+        client.ask(w.MSG_PREWARM, user,
+                   timeout=max(0.0, min(client_mod.REQUEST_TIMEOUT, deadline - time.monotonic())))
         client.disconnect(DISCONNECT_TIMEOUT)
     except client_mod.BoosterUnavailable as exc:
         _log().warning("booster not running; no pre-warm", user=user, reason=str(exc))

@@ -639,7 +639,7 @@ def test_a_users_socket_named_by_a_pam_python_line_exports_nothing(tmp_path):
         assert "untrusted" in out.stderr and str(u.uid) in out.stderr, out.stderr
         assert out.stderr.count("invoker") == 1, out.stderr  # one line
         assert elapsed < 2.0, elapsed
-    assert proc.stdout.read().split("\n").count("client sent 0 bytes") == 1  # not even the HELLO went out  # not even the HELLO went out
+    assert proc.stdout.read().split("\n").count("client sent 0 bytes") == 1  # not even the HELLO went out
 
 
 def test_a_silent_impostor_holds_no_login_and_hears_nothing():
@@ -655,7 +655,8 @@ def test_a_silent_impostor_holds_no_login_and_hears_nothing():
             assert out.returncode == (1 if "--required" in argv else 0), out.stderr
             assert "untrusted" in out.stderr and out.stderr.count("\n") == 1, out.stderr
         for argv in ([INVOKER, "open", "--user", victim.name, "--socket", path],
-                     [BOOSTER, "status", "--socket", path], [BOOSTER, "linger", "enable", victim.name, "--socket", path],
+                     [BOOSTER, "status", "--socket", path],
+                     [BOOSTER, "linger", "enable", victim.name, "--socket", path],
                      [BOOSTER, "terminate", victim.name, "--socket", path]):
             started = time.monotonic()
             out = subprocess.run(argv, capture_output=True, text=True, timeout=60)

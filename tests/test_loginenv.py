@@ -121,7 +121,8 @@ def test_only_the_two_variables_pass_and_order_is_kept():
            ("DBUS_SESSION_BUS_ADDRESS", "unix:path=/run/user/1000/bus"), ("BASH_ENV", "/x"),
            ("XDG_RUNTIME_DIR", "/home/u\nX=1"), ("xdg_runtime_dir", "/run/user/1000")]
     accepted, dropped = loginenv.checked(env)
-    assert accepted == [("XDG_RUNTIME_DIR", "/run/user/1000"), ("DBUS_SESSION_BUS_ADDRESS", "unix:path=/run/user/1000/bus")]
+    assert accepted == [("XDG_RUNTIME_DIR", "/run/user/1000"),
+                        ("DBUS_SESSION_BUS_ADDRESS", "unix:path=/run/user/1000/bus")]
     assert [key for key, _ in dropped] == ["LD_PRELOAD", "PATH", "BASH_ENV", "XDG_RUNTIME_DIR", "xdg_runtime_dir"]
     assert all(why for _, why in dropped)
     assert loginenv.path_problem("/run/user/1000/é".encode()) is None  # non-ASCII is not control
