@@ -268,7 +268,13 @@ def cmd_status(args) -> int:
         print(json.dumps({"pool": pool, "users": [_entry_json(e) for e in entries]}, indent=1))
         return EXIT_OK
     if args.user and not entries:
-        print(f"{args.user}: no instance (no session, not lingering)")
+        other = _instance_of_uid(socket, args.user, args.timeout)
+        if other is not None:
+            # The uid's instance still runs for the account that had the uid before.
+            print(f"{args.user}: no instance; uid {other.uid} runs one for {other.user}, the uid's previous "
+                  f"account (the next login of {args.user} replaces it)")
+        else:
+            print(f"{args.user}: no instance (no session, not lingering)")
         return EXIT_OK
     print(f"{'USER':<16} {'UID':>7} {'STATE':<9} {'PID':>8} {'SESSIONS':>8} {'RESTARTS':>8} {'BACKEND':<7} NOTE")
     for e in entries:
@@ -277,6 +283,20 @@ def cmd_status(args) -> int:
     if os.geteuid() == 0:
         print(f"warm children: {pool}")
     return EXIT_OK
+
+
+def _instance_of_uid(socket: str, name: str, timeout: float):
+    """The status entry of the instance running under ``name``'s uid for another
+    account, or None."""
+    from booster.accounts import UnknownUser, lookup
+    from invoker.client import ClientError, query_status
+
+    try:
+        uid = lookup(name).uid
+        entries, _ = query_status(socket, "", timeout=timeout)
+    except (UnknownUser, ClientError):
+        return None
+    return next((e for e in entries if e.uid == uid and e.user != name), None)
 
 
 def _entry_json(e) -> dict:

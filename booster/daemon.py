@@ -448,10 +448,12 @@ class Booster:
             self.state_changed()
         if same:
             new = self.user_of(account)
-            for session in sessions:
-                if not session.ended:
-                    session.user = new
-                    new.add_session(session)
+            kept = [session for session in sessions if not session.ended]
+            for session in kept:
+                session.user = new
+                new.add_session(session)
+            if kept:
+                new.begin()  # they want an instance whatever the caller asks for next
 
     def user_of(self, account: Account) -> UserInstance:
         """The user's record, made on first need."""

@@ -15,10 +15,10 @@ Runs inside the PAM application under the system Python 3 with the system
 set the login's environment: ``XDG_RUNTIME_DIR`` and
 ``DBUS_SESSION_BUS_ADDRESS`` only, each only when its value passes
 ``common.loginenv``'s rule (anything else READY carries is dropped and
-logged), and only from a booster that runs as root (``invoker.client``).  Its connection to the booster stays open for
-the session's lifetime: if the application dies, the booster sees
-end-of-file; close-session is an orderly disconnect (a shutdown and the
-booster's end-of-file, bounded).  In the account phase it pre-warms: it
+logged), and only from a booster that runs as root (``invoker.client``).
+Its connection to the booster stays open for the session's lifetime: if the
+application dies, the booster sees end-of-file; close-session is an orderly
+disconnect (a shutdown and the booster's end-of-file, bounded).  In the account phase it pre-warms: it
 tells the booster the user is about to log in and returns at once.  Unless
 ``required`` is given, a failure is logged and the login goes on; a
 pre-warm never decides a login.

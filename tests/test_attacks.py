@@ -771,6 +771,11 @@ def test_a_reused_uid_gets_a_fresh_instance_for_its_new_account(booster_factory,
             assert out.returncode in (0, 8), out.stderr  # 8: in use (its instance runs), removed all the same
             with pamkit.named_user(pamkit.unique_name("btb"), uid=a.uid) as bee:
                 install_autostart(bee, backend)
+                out = subprocess.run([BOOSTER, "status", bee.name, "--socket", b.socket], capture_output=True,
+                                     text=True, timeout=30)
+                assert out.returncode == 0, out.stderr
+                assert out.stdout.strip() == (f"{bee.name}: no instance; uid {a.uid} runs one for {a.name}, the "
+                                              f"uid's previous account (the next login of {bee.name} replaces it)")
                 with exec_service(b) as svc, pamkit.HeldSession(svc, bee.name) as held:
                     entry = b.user(bee.name)
                     assert entry is not None and entry["state"] == "ready", (b.status(), b.log()[-3000:])
