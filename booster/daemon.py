@@ -437,8 +437,9 @@ class Booster:
             else:
                 self.end_session(session, p.EndReason.ACCOUNT_CHANGED)
         try:
+            # An instance still starting stops once its start is decided (login_timeout at most).
             await asyncio.wait_for(asyncio.shield(user.request_stop()),
-                                   self.config.stop_timeout + SHUTDOWN_MARGIN)
+                                   self.config.login_timeout + self.config.stop_timeout + SHUTDOWN_MARGIN)
         except asyncio.TimeoutError:
             user.handover = None  # the next login tries again
             raise Refused(p.ErrorCode.START_FAILED,
