@@ -7,7 +7,12 @@ interpreter flags its own PAM line used.  Every measurement is repeated and
 the medians of the cumulative microseconds per top-level import are printed,
 with what the bare interpreter loads itself left out.
 
-    sudo .venv/bin/python bench/import_cost.py [--before 88dffc2] [--rounds 15]
+    sudo .venv/bin/python bench/import_cost.py [--before 88dffc2] [--rounds 15] [--lean-before REV]
+
+``--lean-before REV`` also compares, side by side, REV's lean login path
+with this checkout's, both under ``-I -S``: the pam_exec hook
+(``invoker.hook``) and the pam_python module (``invoker.pam_hooks``), the
+rounds of the two interleaved.
 """
 
 from __future__ import annotations
@@ -71,10 +76,37 @@ def own(got: dict, floor: dict) -> tuple[float, list[tuple[str, float]]]:
     return sum(us for _, us in tops), rows
 
 
+def lean_compare(rev: str, rounds: int, env: dict) -> list[dict]:
+    """REV's and this checkout's lean modules, interleaved: median total import
+    microseconds beyond the bare ``-I -S`` interpreter, and what each imports."""
+    floor = measure([PYTHON, "-I", "-S", "-c", "pass"], env, rounds)
+    package = os.path.dirname(os.path.dirname(harness.PAM_MODULE))
+    out = []
+    with tempfile.TemporaryDirectory(prefix="bt-lean-") as old:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "common", "invoker"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
+        for module in ("invoker.hook", "invoker.pam_hooks"):
+            totals: dict[str, list[float]] = {rev: [], "this checkout": []}
+            imports: dict[str, set] = {}
+            for _ in range(rounds):
+                for label, where in ((rev, old), ("this checkout", package)):
+                    got = measure([PYTHON, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {where!r}); "
+                                   f"import {module}"], env, 1)
+                    total, _ = own(got, floor)
+                    totals[label].append(total)
+                    imports[label] = {child for (top, child), _ in got.items() if top == module and child}
+            for label, values in totals.items():
+                out.append({"module": module, "tree": label, "us": round(statistics.median(values)),
+                            "imports": sorted(imports[label])})
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default=BEFORE, help=f"the earlier revision (default {BEFORE})")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--lean-before", metavar="REV", help="also compare REV's lean login path with this one")
     parser.add_argument("--json")
     args = parser.parse_args()
     env = {"PAM_TYPE": "auth", "PAM_USER": "root", "PAM_SERVICE": "bench"}
@@ -98,10 +130,16 @@ def main() -> int:
                          f"what it imports (median cumulative us of {args.rounds} runs)", ["", "module", "us"], rows))
     print(f"\nbefore ({args.before}: 'python' and the invoker script): {before_ms / 1000:.1f} ms of imports")
     print(f"after (this checkout: 'python -I -S' and invoker/pam_exec.py): {after_ms / 1000:.1f} ms of imports")
-    out = benchlib.save("import_cost", {"rounds": args.rounds, "before_rev": args.before,
-                                        "before_ms": round(before_ms / 1000, 2), "after_ms": round(after_ms / 1000, 2),
-                                        "rows": [dict(zip(("when", "module", "us"), r)) for r in rows]},
-                        args.json)
+    result = {"rounds": args.rounds, "before_rev": args.before, "before_ms": round(before_ms / 1000, 2),
+              "after_ms": round(after_ms / 1000, 2), "rows": [dict(zip(("when", "module", "us"), r)) for r in rows]}
+    if args.lean_before:
+        lean = lean_compare(args.lean_before, args.rounds, env)
+        print()
+        print(benchlib.table(f"The lean login path, {args.lean_before} and this checkout side by side (median "
+                             f"cumulative us of {args.rounds} interleaved runs)", ["module", "tree", "us", "imports"],
+                             [[r["module"], r["tree"], r["us"], " ".join(r["imports"])] for r in lean]))
+        result["lean"] = {"before_rev": args.lean_before, "rows": lean}
+    out = benchlib.save("import_cost", result, args.json)
     print(f"JSON: {out}")
     return 0
 

@@ -14,6 +14,8 @@ import pwd
 import queue
 import threading
 
+from common import usernames
+
 CACHE_TTL = 5.0        # seconds an answer is kept: a changed account shows within this
 LOOKUP_TIMEOUT = 10.0  # seconds one lookup may take before the request gets an error
 WORKERS = 4            # threads calling NSS at once
@@ -44,9 +46,18 @@ class Account:
         return path
 
 
+def changes(old: Account, new: Account) -> list[str]:
+    """What differs between two accounts of one uid, of what an instance runs
+    with and as: the name, the home, the primary group, the groups."""
+    return [field for field in ("name", "home", "gid", "groups") if getattr(old, field) != getattr(new, field)]
+
+
 def _check_name(name: str) -> None:
-    if not name or name.startswith("-") or "/" in name or name in (".", ".."):
-        raise UnknownUser(f"{name!r} is not a valid user name")
+    """The one rule for user names (``common.usernames``): a name it refuses is
+    never looked up."""
+    why = usernames.problem(name)
+    if why is not None:
+        raise UnknownUser(f"{name!r} is not a valid user name: {why}")
 
 
 def lookup(name: str) -> Account:

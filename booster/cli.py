@@ -5,8 +5,9 @@ way the booster does: ``--socket``, else the ``socket`` of ``--config``, else of
 the default config file if it exists, else the embedded default.
 
 Exit codes, the same for every command: 0 done; 1 failed (the reason on
-stderr); 2 usage or configuration error (or not root where root is needed);
-3 no booster running.
+stderr; also when someone other than root serves the socket: the commands
+talk only to a root booster); 2 usage or configuration error (or not root
+where root is needed); 3 no booster running.
 """
 
 from __future__ import annotations
@@ -247,11 +248,15 @@ def _is_booster_serving(pid: int) -> bool:
 def _client_failure(exc, args) -> int:
     """Say what went wrong with a control request; its exit status."""
     from common import protocol as p
-    from invoker.client import BoosterUnavailable, Refused
+    from invoker.client import BoosterUnavailable, Refused, UntrustedServer
 
     if isinstance(exc, BoosterUnavailable):
         print(f"booster: not running ({exc})", file=sys.stderr)
         return EXIT_NOT_RUNNING
+    if isinstance(exc, UntrustedServer):
+        # Something answers there, and it is not the booster: worth more than "not running".
+        print(f"booster: untrusted server on the socket: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     # A user who may not ask about others hears "not permitted" for any name:
     # a name that does not exist is worth saying so.
     if isinstance(exc, Refused) and args.user and (exc.code == p.ErrorCode.UNKNOWN_USER
@@ -281,7 +286,13 @@ def cmd_status(args) -> int:
         print(json.dumps({"pool": pool, "users": [_entry_json(e, usage.get(e.uid)) for e in entries]}, indent=1))
         return EXIT_OK
     if args.user and not entries:
-        print(f"{args.user}: no instance (no session, not lingering)")
+        other = _instance_of_uid(socket, args.user, args.timeout)
+        if other is not None:
+            # The uid's instance still runs for the account that had the uid before.
+            print(f"{args.user}: no instance; uid {other.uid} runs one for {other.user}, the uid's previous "
+                  f"account (the next login of {args.user} replaces it)")
+        else:
+            print(f"{args.user}: no instance (no session, not lingering)")
         return EXIT_OK
     print(f"{'USER':<16} {'UID':>7} {'STATE':<9} {'PID':>8} {'RSS':>6} {'CPU':>8} {'STARTED':>10} {'SESSIONS':>8} "
           f"{'RESTARTS':>8} {'BACKEND':<7} NOTE")
@@ -295,6 +306,20 @@ def cmd_status(args) -> int:
     if os.geteuid() == 0:
         print(f"warm children: {pool}")
     return EXIT_OK
+
+
+def _instance_of_uid(socket: str, name: str, timeout: float):
+    """The status entry of the instance running under ``name``'s uid for another
+    account, or None."""
+    from booster.accounts import UnknownUser, lookup
+    from invoker.client import ClientError, query_status
+
+    try:
+        uid = lookup(name).uid
+        entries, _ = query_status(socket, "", timeout=timeout)
+    except (UnknownUser, ClientError):
+        return None
+    return next((e for e in entries if e.uid == uid and e.user != name), None)
 
 
 def _size(n: int) -> str:
@@ -457,7 +482,13 @@ def _known_user(name: str) -> bool:
 
 
 def _no_such_user(name: str) -> int:
-    print(f"booster: no such user: {name}", file=sys.stderr)
+    from common import usernames
+
+    why = usernames.problem(name)
+    if why is not None:  # the booster's one rule for names refuses it: say which part
+        print(f"booster: {name!r} is not a valid user name: {why}", file=sys.stderr)
+    else:
+        print(f"booster: no such user: {name}", file=sys.stderr)
     return EXIT_FAILED
 
 

@@ -27,8 +27,8 @@ import time
 
 import psutil
 
-from booster import log, rundir, safefs
-from booster.accounts import Account, AccountLookups, LookupStalled, UnknownUser
+from booster import leftovers, log, rundir, safefs
+from booster.accounts import Account, AccountLookups, LookupStalled, UnknownUser, changes
 from booster.backends.base import Backend
 from booster.backends.dinit import DinitBackend
 from booster.backends.runit import RunitBackend
@@ -407,6 +407,57 @@ class Booster:
         self._log.info("session leader exited", session=session.id, leader=session.leader_pid)
         self.end_session(session, p.EndReason.LEADER_EXITED)
 
+    async def take_over_uid(self, account: Account) -> None:
+        """Make sure the uid's record, if any, is ``account``'s, before a login,
+        a pre-warm or linger uses it.  When the account behind the uid changed
+        since its instance started (deleted and its uid given to another;
+        renamed, moved, given other groups), that instance stops first, and the
+        caller's ``begin`` starts one for ``account``.  Concurrent callers wait
+        for the same hand-over."""
+        while (user := self.users.get(account.uid)) is not None:
+            changed = changes(user.account, account)
+            if not changed:
+                return
+            if user.handover is None:
+                user.handover = self.loop.create_task(self._hand_over(user, account, changed))
+            await asyncio.shield(user.handover)
+
+    async def _hand_over(self, user: UserInstance, account: Account, changed: list[str]) -> None:
+        """Stop ``user``'s instance for ``account``.  A different name is a
+        different account: its sessions end (a carrying connection hears
+        ACCOUNT_CHANGED).  The same name is the same account, changed: its
+        sessions go on, counted for the new instance."""
+        same = user.account.name == account.name
+        sessions = list(user.sessions.values())
+        self._log.warning("the account behind the uid changed; its instance stops for the new account",
+                          uid=account.uid, old=user.account.name, new=account.name, changed=",".join(changed),
+                          sessions=len(sessions), sessions_kept=same)
+        for session in sessions:
+            if same:
+                user.sessions.pop(session.id, None)  # not ended: they move to the new instance below
+            else:
+                self.end_session(session, p.EndReason.ACCOUNT_CHANGED)
+        try:
+            # An instance still starting stops once its start is decided (login_timeout at most).
+            await asyncio.wait_for(asyncio.shield(user.request_stop()),
+                                   self.config.login_timeout + self.config.stop_timeout + SHUTDOWN_MARGIN)
+        except asyncio.TimeoutError:
+            user.handover = None  # the next login tries again
+            raise Refused(p.ErrorCode.START_FAILED,
+                          f"the instance of {user.account.name}, the uid's previous account, did not stop") from None
+        if self.users.get(account.uid) is user:
+            del self.users[account.uid]  # its failure record, or a record whose lifecycle never ran
+            user.forgotten()
+            self.state_changed()
+        if same:
+            new = self.user_of(account)
+            kept = [session for session in sessions if not session.ended]
+            for session in kept:
+                session.user = new
+                new.add_session(session)
+            if kept:
+                new.begin()  # they want an instance whatever the caller asks for next
+
     def user_of(self, account: Account) -> UserInstance:
         """The user's record, made on first need."""
         user = self.users.get(account.uid)
@@ -482,41 +533,20 @@ class Booster:
 
     async def end_adopted(self, uid: int, timeout: float) -> None:
         """Without a cgroup: end the processes of ``uid`` that were re-parented to
-        the booster (what an instance of that user left behind), TERM then KILL."""
-        deadline = self.loop.time() + timeout
-        signalled: set[int] = set()
-        while True:
-            known = {u.process.pid for u in self.users.values() if u.process is not None} | set(self.pool.pids())
-            try:
-                left = [c for c in psutil.Process().children(recursive=True)
-                        if c.pid not in known and c.uids().real == uid]
-            except psutil.Error:
-                left = []
-            if not left:
-                return
-            final = self.loop.time() >= deadline
-            for proc in left:
-                if final or proc.pid not in signalled:
-                    try:
-                        proc.send_signal(signal.SIGKILL if final else signal.SIGTERM)
-                    except psutil.Error:
-                        pass
-                    signalled.add(proc.pid)
-            woke = self.loop.create_future()
-            handles = []
-            for proc in left:
-                try:
-                    handles.append(self.leaders.watch(proc.pid, lambda: woke.done() or woke.set_result(None)))
-                except ProcessLookupError:
-                    woke.done() or woke.set_result(None)
-            try:
-                await asyncio.wait_for(woke, KILL_GRACE if final else max(0.01, deadline - self.loop.time()))
-            except asyncio.TimeoutError:
-                if final:
-                    return
-            finally:
-                for handle in handles:
-                    handle.cancel()
+        the booster (what an instance of that user left behind), TERM then KILL
+        (``booster.leftovers``), and say in one line what it took."""
+        sweep = await leftovers.end_adopted(
+            uid, self.loop.time() + timeout,
+            lambda: {u.process.pid for u in self.users.values() if u.process is not None} | set(self.pool.pids()),
+            self.leaders, self.loop, KILL_GRACE)
+        if sweep.left:
+            self._log.error("processes the instance left behind could not be ended", uid=uid,
+                            **leftovers.summary(sweep))
+        elif sweep.killed:
+            self._log.warning("ended what the instance left behind; some needed KILL", uid=uid,
+                              **leftovers.summary(sweep))
+        elif sweep.seen:
+            self._log.info("ended what the instance left behind", uid=uid, **leftovers.summary(sweep))
 
     # --- main loop and shutdown -------------------------------------------------------------
 

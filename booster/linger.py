@@ -10,6 +10,9 @@ Root works in this directory, so it is reached the safe way
 ``O_NOFOLLOW`` on a path no user can change, and the directory itself must be
 root's and writable by root only; entries are made with ``O_CREAT|O_EXCL|
 O_NOFOLLOW`` and removed with ``unlinkat``, relative to that descriptor.
+A record's name is a user name by the booster's one rule
+(``common.usernames``: ``.hidden`` is a name like any other), which also
+keeps it a plain file name: no ``/``, not ``.`` or ``..``, no NUL.
 """
 
 from __future__ import annotations
@@ -18,14 +21,19 @@ import os
 import stat
 
 from booster import safefs
+from common import usernames
 
 
 class LingerError(Exception):
     pass
 
 
-def valid_name(name: str) -> bool:
-    return bool(name) and not name.startswith((".", "-")) and "/" not in name and "\0" not in name
+def _check(name: str) -> None:
+    """Names follow the one rule (``common.usernames``), which also makes them
+    safe as file names here; the booster looked the account up before."""
+    why = usernames.problem(name)
+    if why is not None:
+        raise LingerError(f"{name!r} is not a valid user name: {why}")
 
 
 def _is_record(st: os.stat_result) -> bool:
@@ -61,7 +69,7 @@ class LingerStore:
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if valid_name(name) and _is_record(st):
+                if usernames.problem(name) is None and _is_record(st):
                     found.add(name)
             return found
         finally:
@@ -69,8 +77,7 @@ class LingerStore:
 
     def enable(self, name: str) -> bool:
         """Record ``name``; False if it already was."""
-        if not valid_name(name):
-            raise LingerError(f"{name!r} is not a user name")
+        _check(name)
         fd = self._open(create=True)
         try:
             try:
@@ -87,8 +94,7 @@ class LingerStore:
 
     def disable(self, name: str) -> bool:
         """Forget ``name``; False if it was not recorded."""
-        if not valid_name(name):
-            raise LingerError(f"{name!r} is not a user name")
+        _check(name)
         fd = self._open(create=False)
         if fd is None:
             return False

@@ -4,7 +4,8 @@ SIGCHLD is handled by the event loop (``add_signal_handler`` only records it),
 then ``waitpid(-1, WNOHANG)`` collects every exited child.  Warm children and
 instances are registered by whoever forked them.  The booster is a child
 subreaper, so what an instance leaves behind when it dies is re-parented here
-and reaped too (and ``booster.users`` ends it).
+and reaped too (and ``booster.users`` ends it); those are counted, and the
+count logged at most once a second, not a line each.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from booster import log
 from booster.spawn import _prctl
 
 _PR_SET_CHILD_SUBREAPER = 36
+ADOPTED_REPORT_INTERVAL = 1.0  # seconds: orphans reaped are counted, and said at most once per interval
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,6 +59,8 @@ class Reaper:
         self._loop = loop
         self._owners: dict[int, Callable[[ExitStatus], None]] = {}
         self._log = log.get("reaper")
+        self._adopted = 0  # orphans reaped since the last report
+        self._report = None  # the report's timer, while one is due
 
     def start(self) -> None:
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
@@ -64,6 +68,10 @@ class Reaper:
 
     def stop(self) -> None:
         self._loop.remove_signal_handler(signal.SIGCHLD)
+        if self._report is not None:
+            self._report.cancel()
+            self._report = None
+        self._report_adopted()
 
     def watch(self, pid: int, on_exit: Callable[[ExitStatus], None]) -> None:
         """Route ``pid``'s exit to ``on_exit`` (replacing an earlier owner)."""
@@ -83,9 +91,18 @@ class Reaper:
             exit_status = ExitStatus.from_wait(status)
             owner = self._owners.pop(pid, None)
             if owner is None:
-                self._log.debug("reaped adopted process", pid=pid, status=str(exit_status))
+                # What an instance left behind (a fork loop makes thousands): counted, not logged each.
+                self._adopted += 1
+                if self._report is None:
+                    self._report = self._loop.call_later(ADOPTED_REPORT_INTERVAL, self._report_adopted)
                 continue
             try:
                 owner(exit_status)
             except Exception:  # noqa: BLE001 - one owner's bug must not stop reaping
                 self._log.exception("exit handler failed", pid=pid)
+
+    def _report_adopted(self) -> None:
+        self._report = None
+        if self._adopted:
+            self._log.debug("reaped adopted processes", count=self._adopted, seconds=ADOPTED_REPORT_INTERVAL)
+            self._adopted = 0

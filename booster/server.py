@@ -402,6 +402,7 @@ class ClientConnection:
         if self.cred.uid != 0:
             raise Refused(p.ErrorCode.NOT_PERMITTED, "only root may open sessions")
         account = await self.account(req.user)
+        await self.booster.take_over_uid(account)  # the uid's instance may still be another account's
         keep = bool(req.flags & p.OpenFlags.KEEP_CONNECTION
                     or req.flags & p.OpenFlags.KEEP_IF_UNSEEN and self.cred.pid <= 0)
         leader = identify_leader(self.cred.pid, req.leader_pid)
@@ -517,6 +518,8 @@ class ClientConnection:
             raise Refused(p.ErrorCode.NOT_PERMITTED, f"only root may send {what}")
         account = await self.account(req.user)
         self._log = self._log.bind(user=account.name)
+        if not isinstance(req, p.Terminate):  # terminate ends whatever runs on the uid, whoever's it was
+            await self.booster.take_over_uid(account)
         if isinstance(req, p.Prewarm):
             started = self.booster.prewarm(account)
             ack = p.Ack(int(started), "starting" if started else "already there")

@@ -41,6 +41,7 @@ from booster.output import READ_CHUNK, OutputLimiter, displayable, escape
 from booster.output_buffer import OutputBuffer
 from booster.reaper import ExitStatus, start_time
 from booster.spawn import NO_RETRY_CODES, SpawnOrder, send_order
+from common import loginenv
 from common import protocol as p
 from common.protocol import EndReason, ErrorCode
 
@@ -172,6 +173,7 @@ class UserInstance:
         # Recent output of the instance (across its restarts), for `booster logs`.
         size = self.config.output_buffer_size
         self.output: OutputBuffer | None = OutputBuffer(size) if size else None
+        self.handover: asyncio.Task | None = None  # stopping for another account of this uid (Booster.take_over_uid)
         self._log = log.get("user", user=account.name, uid=account.uid)
 
     # --- the state table -----------------------------------------------------------
@@ -478,7 +480,10 @@ class UserInstance:
 
     def login_env(self) -> tuple[tuple[str, str], ...]:
         """What a login should export, as things are now: each session's open
-        asks again (a session bus that came up after the first login counts)."""
+        asks again (a session bus that came up after the first login counts).
+        Only what passes ``common.loginenv``'s rule, which the PAM side checks
+        again: the bus address is escaped as D-Bus requires (a runtime
+        directory may hold ``;`` or ``,``)."""
         env = []
         if self.managed_rundir:
             env.append(("XDG_RUNTIME_DIR", self.managed_rundir))
@@ -487,10 +492,13 @@ class UserInstance:
             try:
                 st = os.lstat(bus)
                 if stat.S_ISSOCK(st.st_mode) and st.st_uid == self.account.uid:
-                    env.append(("DBUS_SESSION_BUS_ADDRESS", f"unix:path={bus}"))
+                    env.append(("DBUS_SESSION_BUS_ADDRESS", loginenv.bus_address(bus)))
             except OSError:
                 pass
-        return tuple(env)
+        exported, dropped = loginenv.checked(env)
+        if dropped:
+            self._log.warning("not exported to the login", dropped=" ".join(f"{k}({why})" for k, why in dropped))
+        return tuple(exported)
 
     async def _start(self) -> InstanceProcess:
         loop = asyncio.get_running_loop()

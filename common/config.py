@@ -16,6 +16,8 @@ import os
 import tomllib
 from typing import Any
 
+from common import usernames
+
 DEFAULT_CONFIG_PATH = "/etc/booster/booster.toml"
 SOCKET_PATH_LIMIT = 107  # sun_path holds 108 bytes including the NUL
 BACKENDS = ("dinit", "runit")
@@ -219,8 +221,8 @@ def _validate(cfg: Config, problems: _Problems) -> None:
     if problems.fine("restart_delay", "restart_delay_max") and cfg.restart_delay_max < cfg.restart_delay:
         bad("restart_delay_max", f"must not be less than restart_delay ({cfg.restart_delay:g})")
     for name in cfg.linger:
-        if not name or name.startswith("-") or "/" in name or name in (".", ".."):
-            bad("linger", f"{name!r} is not a valid user name")
+        if (why := usernames.problem(name)) is not None:
+            bad("linger", f"{name!r} is not a valid user name: {why}")
     if not cfg.linger_dir.startswith("/") or cfg.linger_dir.rstrip("/") == "":
         bad("linger_dir", "must be an absolute path below /")
     if cfg.instance_pam_service and ("/" in cfg.instance_pam_service or cfg.instance_pam_service in (".", "..")):

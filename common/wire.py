@@ -93,6 +93,7 @@ END_LEADER_EXITED = 2    # the PAM application process died
 END_INSTANCE_FAILED = 3  # the user's instance failed for good
 END_SHUTDOWN = 4         # the booster is stopping
 END_TERMINATED = 5       # root asked the booster to end all of the user's sessions
+END_ACCOUNT_CHANGED = 6  # another account took the session's uid; its instance stopped for that one
 
 # Flags of OPEN_SESSION (u32).
 OPEN_KEEP_CONNECTION = 1  # the connection carries the session: its EOF ends it

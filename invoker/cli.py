@@ -8,8 +8,8 @@
   name this script); it pays the full interpreter start-up that the
   ``-I -S`` line avoids.
 
-Exit codes: 0 done; 1 failed; 2 usage (or not run from PAM); 3 no booster
-running (``open``).
+Exit codes: 0 done; 1 failed (also: the socket is served by someone other
+than root); 2 usage (or not run from PAM); 3 no booster running (``open``).
 """
 
 import argparse
@@ -18,9 +18,10 @@ import signal
 import sys
 import textwrap
 
+from common import loginenv
 from common import protocol as p
 from invoker import hook
-from invoker.client import BoosterUnavailable, Client, ClientError, wait_readable
+from invoker.client import BoosterUnavailable, Client, ClientError, UntrustedServer, wait_readable
 from invoker.log import Log
 
 DEFAULT_SOCKET = hook.DEFAULT_SOCKET
@@ -47,11 +48,18 @@ def open_main(args) -> int:
     except BoosterUnavailable as exc:
         log.error("booster not running", reason=str(exc))
         return 3
+    except UntrustedServer as exc:
+        log.error("untrusted server on the booster's socket", reason=str(exc))
+        return 1
     except ClientError as exc:
         log.error("cannot open a session", user=args.user, reason=str(exc))
         client.close()
         return 1
-    for key, value in env:
+    # What a login would export, and only that (a line each: a value is checked to hold no newline).
+    exported, dropped = loginenv.checked(env)
+    if dropped:
+        log.error("environment from the booster not printed", dropped=" ".join(f"{k}({why})" for k, why in dropped))
+    for key, value in exported:
         print(f"{key}={value}")
     sys.stdout.flush()
     log.info("session open; Ctrl-C to close it", user=args.user, session=session_id)

@@ -9,6 +9,12 @@ descriptor) and speaks ``common.wire`` directly: frames are (type, values)
 tuples here.  ``common.protocol``'s message classes are built only for what
 no login waits for (a status listing, the event that ends a held session).
 Every wait is bounded.
+
+It believes only a root booster: right after ``connect`` and before it sends
+a byte it asks the kernel who listens on the socket (``SO_PEERCRED``), and
+anyone but uid 0 gets nothing (``UntrustedServer``).  A PAM line naming a
+socket a user serves (a stale or mistyped path) costs that login nothing
+but one log line.
 """
 
 import posix
@@ -25,6 +31,7 @@ WAIT_MARGIN = 2.0       # beyond the booster's announced wait, for the frame to 
 REQUEST_TIMEOUT = 5.0   # PREWARM, TERMINATE, LINGER, CLOSE_SESSION: answered at once
 REFUSAL_READ_TIMEOUT = 0.1  # for the ERROR of a booster that hung up on our HELLO
 _TIMEVAL = Struct("@ll")  # struct timeval, for SO_SNDTIMEO
+_UCRED = Struct("@iII")   # struct ucred (pid, uid, gid), from SO_PEERCRED
 
 
 class ClientError(Exception):
@@ -33,6 +40,11 @@ class ClientError(Exception):
 
 class BoosterUnavailable(ClientError):
     """No booster is listening (the login goes on without an instance)."""
+
+
+class UntrustedServer(ClientError):
+    """Whoever listens on the socket is not root: nothing was sent to it, and
+    nothing it could say is believed (the login goes on without an instance)."""
 
 
 class Refused(ClientError):
@@ -70,9 +82,11 @@ class Client:
 
     # --- connection -------------------------------------------------------------------
 
-    def connect(self, timeout: float = CONNECT_TIMEOUT, request: bytes = b"") -> "Client":
-        """Connect and shake hands; ``request`` (an OPEN_SESSION frame) goes out
-        right behind our HELLO, in the same write, instead of a round trip later."""
+    def connect(self, timeout: float = CONNECT_TIMEOUT, request: bytes = b"",
+                handshake_timeout: float = HANDSHAKE_TIMEOUT) -> "Client":
+        """Connect, check that root listens, and shake hands; ``request`` (an
+        OPEN_SESSION frame) goes out right behind our HELLO, in the same write,
+        instead of a round trip later."""
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         # A blocking connect with the kernel's own time limit: in a login storm it
         # waits (at most ``timeout``) for room in the booster's listen backlog,
@@ -87,6 +101,14 @@ class Client:
         except OSError as exc:
             sock.close()
             raise BoosterUnavailable(f"{self.path}: {exc.strerror or exc}") from None
+        try:
+            pid, uid, _ = _UCRED.unpack(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size))
+        except OSError as exc:
+            sock.close()
+            raise ConnectionLost(f"{self.path}: cannot tell who listens: {exc.strerror or exc}") from None
+        if uid != 0:
+            sock.close()
+            raise UntrustedServer(f"{self.path} is served by uid {uid} (pid {pid}), not by root; nothing was sent")
         self.sock = sock
         hello = self._frame(w.MSG_HELLO, posix.getpid(), own_pidns(), self.hello_flags, self.agent[:64])
         try:
@@ -102,7 +124,7 @@ class Client:
             except ClientError:
                 pass
             raise lost
-        type_, values = self._receive(time.monotonic() + HANDSHAKE_TIMEOUT)
+        type_, values = self._receive(time.monotonic() + handshake_timeout)
         if type_ != w.MSG_HELLO:
             raise ConnectionLost(f"unexpected {_name(type_)} in the handshake")
         self.server_flags = values[2]
@@ -192,11 +214,12 @@ class Client:
         request = self._frame(w.MSG_OPEN_SESSION, user, fit(service, 256), fit(tty, 256), fit(rhost, 1024),
                               fit(ruser, 256), leader_pid, flags,
                               runtime_dir if fit(runtime_dir, 4095) == runtime_dir else "")
+        deadline = time.monotonic() + timeout  # the handshake counts too
         if self.sock is None:
-            self.connect(CONNECT_TIMEOUT if connect_timeout is None else connect_timeout, request)
+            self.connect(CONNECT_TIMEOUT if connect_timeout is None else connect_timeout, request,
+                         min(HANDSHAKE_TIMEOUT, timeout))
         else:
             self._write(request)
-        deadline = time.monotonic() + timeout
         while True:
             type_, values = self._receive(deadline)
             if type_ == w.MSG_WAIT:

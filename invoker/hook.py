@@ -24,14 +24,17 @@ block (``/proc/self/environ``): the PAM environment comes first there and a
 user can put a ``PAM_USER`` of their own into it (``pam_env user_readenv``).
 
 Never locks anyone out: unless ``--required`` is given, every failure is
-logged and the login goes on (exit 0).
+logged and the login goes on (exit 0).  A socket served by anyone but root
+is one of those failures (``invoker.client`` checks before it sends).
 """
 
 import posix
 import sys
+import time
 
 from common import wire as w
-from invoker.client import BoosterUnavailable, Client, ClientError, fit, wait_readable
+from invoker.client import (HANDSHAKE_TIMEOUT, REQUEST_TIMEOUT, BoosterUnavailable, Client, ClientError,
+                            UntrustedServer, fit, wait_readable)
 
 DEFAULT_SOCKET = "/run/booster/control.sock"
 DEFAULT_TIMEOUT = 120.0
@@ -150,16 +153,23 @@ def run(argv) -> int:
     try:
         if pam_type == "open_session":
             return _open(opts, client, items, env.get("XDG_RUNTIME_DIR", ""), leader)
-        client.connect()
+        # --timeout bounds these exchanges too (each is answered at once by a booster that works).
+        deadline = time.monotonic() + opts.timeout
+        client.connect(handshake_timeout=min(HANDSHAKE_TIMEOUT, opts.timeout))
+        left = max(0.0, min(REQUEST_TIMEOUT, deadline - time.monotonic()))
         if pam_type == "account":
             # Pre-warm never decides a login: the session phase will say what failed.
-            client.ask(w.MSG_PREWARM, user)
+            client.ask(w.MSG_PREWARM, user, timeout=left)
         else:
-            client.close_session(user, leader)
+            client.close_session(user, leader, timeout=left)
         client.disconnect(DISCONNECT_TIMEOUT)
         return 0
     except BoosterUnavailable as exc:
         _log().warning("booster not running; continuing without a user instance", user=user, reason=str(exc))
+        return 0 if pam_type == "account" else failed
+    except UntrustedServer as exc:
+        _log().error("untrusted server on the booster's socket; continuing without a user instance", user=user,
+                     reason=str(exc))
         return 0 if pam_type == "account" else failed
     except ClientError as exc:
         _log().error(pam_type + " failed", user=user, reason=str(exc))

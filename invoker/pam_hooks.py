@@ -12,18 +12,22 @@ live per handle and call this module, which is imported byte-compiled.
 
 Runs inside the PAM application under the system Python 3 with the system
 ``sys.path``, standard library and ``common`` only.  Unlike pam_exec it can
-set the login's environment (``XDG_RUNTIME_DIR``,
-``DBUS_SESSION_BUS_ADDRESS``).  Its connection to the booster stays open for
-the session's lifetime: if the application dies, the booster sees
-end-of-file; close-session is an orderly disconnect (a shutdown and the
-booster's end-of-file, bounded).  In the account phase it pre-warms: it
+set the login's environment: ``XDG_RUNTIME_DIR`` and
+``DBUS_SESSION_BUS_ADDRESS`` only, each only when its value passes
+``common.loginenv``'s rule (anything else READY carries is dropped and
+logged), and only from a booster that runs as root (``invoker.client``).
+Its connection to the booster stays open for the session's lifetime: if the
+application dies, the booster sees end-of-file; close-session is an orderly
+disconnect (a shutdown and the booster's end-of-file, bounded).  In the account phase it pre-warms: it
 tells the booster the user is about to log in and returns at once.  Unless
 ``required`` is given, a failure is logged and the login goes on; a
 pre-warm never decides a login.
 """
 
 import os
+import time
 
+from common import loginenv
 from common import wire as w
 from invoker import client as client_mod
 
@@ -78,11 +82,19 @@ def open_session(pamh, argv, state: dict) -> int:
     except client_mod.BoosterUnavailable as exc:
         _log().warning("booster not running; continuing without a user instance", user=user, reason=str(exc))
         return failed
+    except client_mod.UntrustedServer as exc:
+        _log().error("untrusted server on the booster's socket; continuing without a user instance", user=user,
+                     reason=str(exc))
+        return failed
     except client_mod.ClientError as exc:
         _log().error("open_session failed", user=user, reason=str(exc))
         client.close()
         return failed
-    for key, value in env:
+    exported, dropped = loginenv.checked(env)
+    if dropped:
+        _log().error("environment from the booster not exported", user=user,
+                     dropped=" ".join(f"{key}({why})" for key, why in dropped))
+    for key, value in exported:
         if key == "XDG_RUNTIME_DIR" and earlier:
             continue  # an earlier module's choice stands
         pamh.env[key] = value
@@ -101,12 +113,16 @@ def acct_mgmt(pamh, argv) -> int:
     if not user:
         return pamh.PAM_SUCCESS
     client = client_mod.Client(opts["socket"], "invoker/pam_python account")
+    deadline = time.monotonic() + opts["timeout"]  # timeout= bounds the pre-warm too
     try:
-        client.connect()
-        client.ask(w.MSG_PREWARM, user)
+        client.connect(handshake_timeout=min(client_mod.HANDSHAKE_TIMEOUT, opts["timeout"]))
+        client.ask(w.MSG_PREWARM, user,
+                   timeout=max(0.0, min(client_mod.REQUEST_TIMEOUT, deadline - time.monotonic())))
         client.disconnect(DISCONNECT_TIMEOUT)
     except client_mod.BoosterUnavailable as exc:
         _log().warning("booster not running; no pre-warm", user=user, reason=str(exc))
+    except client_mod.UntrustedServer as exc:
+        _log().error("untrusted server on the booster's socket; no pre-warm", user=user, reason=str(exc))
     except client_mod.ClientError as exc:
         _log().warning("pre-warm failed", user=user, reason=str(exc))
         client.close()

@@ -97,3 +97,64 @@ def install_output_flood(user, backend: str, seconds: float) -> None:
         install_autostart(user, backend, "flood", f"/bin/sh {script}", "options = shares-console\n")
     else:
         install_autostart(user, backend, "flood", f"/bin/sh {script}")
+
+
+# Serves the booster's protocol at PATH as whoever runs it (a user who got a
+# PAM line to name a socket of theirs: a stale or mistyped ``socket=``).  Each
+# connection gets a HELLO that claims the client is visible and then, by MODE:
+# "ready": READY with an environment meant to take over the root PAM stack
+# after it (LD_PRELOAD, BASH_ENV, PATH, a runtime directory of the user's, a
+# value whose newline carries a second assignment); "silent": nothing more,
+# until the client hangs up.  Prints "listening", then one line per
+# connection: "client sent N bytes" (what arrived before it hung up).
+IMPOSTOR_SERVER = r"""
+import os, socket, struct, sys  # the attacker's own code: nothing of ours
+path, mode, home = sys.argv[1], sys.argv[2], sys.argv[3]
+
+
+def frame(kind, payload):
+    return b"DB" + bytes([2, kind]) + struct.pack(">I", len(payload)) + payload
+
+
+def text(s):
+    raw = s.encode()
+    return struct.pack(">H", len(raw)) + raw
+
+
+hello = frame(1, struct.pack(">IQI", os.getpid(), 0, 1) + text("booster/0.1"))
+env = [("LD_PRELOAD", home + "/evil.so"), ("BASH_ENV", home + "/evil.sh"), ("PATH", home + "/bin"),
+       ("XDG_RUNTIME_DIR", home), ("DBUS_SESSION_BUS_ADDRESS", "unix:path=" + home + "/bus\nLD_AUDIT=" + home),
+       ("GREETING", "hi\nLD_LIBRARY_PATH=" + home)]
+ready = frame(4, struct.pack(">QH", 1, len(env)) + b"".join(text(k) + text(v) for k, v in env))
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(path)
+os.chmod(path, 0o777)
+server.listen(16)
+print("listening", flush=True)
+while True:
+    conn, _ = server.accept()
+    conn.settimeout(300)
+    got = 0
+    try:
+        conn.sendall(hello + (ready if mode == "ready" else b""))
+        while chunk := conn.recv(65536):
+            got += len(chunk)
+    except OSError:
+        pass
+    conn.close()
+    print(f"client sent {got} bytes", flush=True)
+"""
+
+
+def impostor_server(user, path: str, mode: str) -> subprocess.Popen:
+    """Start the impostor as ``user``, serving at ``path`` (in a directory the
+    user may write to); returns once it listens.  Its stdout says what each
+    client sent."""
+    proc = subprocess.Popen([pamkit.RUNUSER, "-u", user.name, "--", SYSTEM_PYTHON, "-I", "-c", IMPOSTOR_SERVER,
+                             path, mode, user.home], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd="/")
+    line = proc.stdout.readline()
+    if line.strip() != "listening":
+        pamkit.terminate(proc)
+        raise RuntimeError(f"the impostor did not start: {line!r} {proc.stderr.read()}")
+    return proc

@@ -358,6 +358,38 @@ def temp_user(prefix: str = "bt", groups: int = 0, *, shell: str = "/bin/bash",
             warnings.warn(msg)
 
 
+class UidTaken(RuntimeError):
+    """``named_user`` was asked for a uid that is in use (another test, or
+    another engineer's, took it meanwhile)."""
+
+
+@contextlib.contextmanager
+def named_user(name: str, *, uid: int | None = None, badname: bool = False,
+               proc_wait: float = 2.0) -> Iterator[TempUser]:
+    """A user called exactly ``name`` (``useradd -m -s /bin/bash -U``), with
+    ``uid`` if given (raises UidTaken when it is in use: never assume a uid is
+    free), ``--badname`` to allow names useradd's default rule refuses
+    (``.hidden``).  Removed afterwards, like ``temp_user``; processes left
+    are warned about, not raised."""
+    argv = ["useradd", "-m", "-s", "/bin/bash", "-U"] + (["--badname"] if badname else [])
+    if uid is not None:
+        argv += ["-u", str(uid)]
+    cp = _run_retrying(argv + [name], retry_rcs=())
+    if cp.returncode == 4:
+        raise UidTaken(f"useradd -u {uid} {name}: {cp.stderr.strip()}")
+    if cp.returncode != 0:
+        raise RuntimeError(f"useradd {name} failed ({cp.returncode}): {cp.stderr}")
+    try:
+        pw = pwd.getpwnam(name)
+        yield TempUser(name=name, uid=pw.pw_uid, gid=pw.pw_gid, home=pw.pw_dir, shell=pw.pw_shell, groups=[],
+                       group_names=[])
+    finally:
+        leftovers = _remove_user(name, proc_wait, 5.0)
+        if leftovers:
+            warnings.warn(f"user {name} still had processes at the end of the test (removed anyway): "
+                          + "; ".join(leftovers))
+
+
 def _remove_user(name: str, proc_wait: float, userdel_timeout: float) -> list[str]:
     try:
         pw = pwd.getpwnam(name)

@@ -9,13 +9,19 @@ a real slow NSS module is in test_attacks.py).
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from booster import accounts
 from booster.accounts import AccountLookups, LookupStalled, UnknownUser
+from booster.linger import LingerError, LingerStore
+from common import usernames
 
 ROOT = accounts.lookup("root")
 
@@ -139,3 +145,51 @@ def test_failures_of_the_lookup_itself_are_not_kept():
             await lookups.by_name("bob")
         assert await lookups.by_name("bob") is ROOT
     run(main())
+
+
+# --- one rule for user names (issue 14) ------------------------------------------------------------
+
+NAMES = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=0, max_size=40) | st.sampled_from(
+    [".hidden", "0", "1000", "DOMAIN\\user", "a b", "é", "x" * 255, "x" * 256, ".", "..", "-x", "a/b", "a\0b"])
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(name=NAMES)
+def test_every_name_the_rule_accepts_is_a_linger_record_and_only_those(tmp_path_factory, name):
+    """What a login may use, linger may record: the account lookup and the
+    linger store ask the same rule, and each name it accepts is a plain file
+    name in linger_dir, read back as itself."""
+    store = LingerStore(str(tmp_path_factory.mktemp("linger")))
+    why = usernames.problem(name)
+    if why is None:
+        assert store.enable(name) is True and store.names() == {name}
+        assert store.disable(name) is True and store.names() == set()
+        try:
+            accounts._check_name(name)
+        except UnknownUser as exc:
+            raise AssertionError(f"the lookup refuses {name!r}: {exc}") from None
+    else:
+        with pytest.raises(LingerError, match=f"not a valid user name: {re.escape(why)}"):
+            store.enable(name)
+        with pytest.raises(UnknownUser, match=f"not a valid user name: {re.escape(why)}"):
+            accounts._check_name(name)
+        assert os.listdir(store.path) == []
+
+
+def test_the_rule_for_names():
+    for ok in (".hidden", "0", "1000", "user@example.org", "DOMAIN\\user", "a b", "é", "x" * 255):
+        assert usernames.problem(ok) is None, ok
+    for bad, why in (("", "empty"), (".", "'.' or '..'"), ("..", "'.' or '..'"), ("a/b", "holds '/'"),
+                     ("-x", "starts with '-'"), ("a\0b", "control character"), ("a\nb", "control character"),
+                     ("a\x85", "control character"), ("x" * 256, "256 bytes, more than 255"),
+                     ("é" * 128, "256 bytes"), ("\udcff", "not UTF-8")):
+        assert why in (usernames.problem(bad) or ""), bad
+
+
+def test_the_linger_store_skips_files_that_are_not_names(tmp_path):
+    store = LingerStore(str(tmp_path))
+    os.chmod(tmp_path, 0o755)
+    for name in (".hidden", "alice", "-x", "a\nb"):
+        (tmp_path / name).write_text("")
+    os.symlink("/etc/passwd", tmp_path / "bob")
+    assert store.names() == {".hidden", "alice"}

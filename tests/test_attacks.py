@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -38,13 +39,14 @@ import pytest
 
 import attackers
 import pamkit
-from conftest import (BOOSTER, INVOKER, PYTHON, as_user, exec_service, install_autostart, instance_of,
+from conftest import (BOOSTER, INVOKER, PAM_MODULE, PYTHON, as_user, exec_service, install_autostart, instance_of,
                       new_booster, wait_gone)
 from harness import _toml
 from test_rundir import instance_env, refused_login
 from common import protocol as p
 from invoker.client import Refused, query_status
 
+HOOK = str(Path(PAM_MODULE).with_name("pam_exec.py"))
 CONTROL_BYTES = bytes(range(0x20)).replace(b"\n", b"") + b"\x7f"
 
 
@@ -589,3 +591,242 @@ def test_slow_nss_stalls_no_login_and_status_never_looks_up_others_names(booster
     asked = log.read_text().split()
     assert "btslow-probe-1" not in asked and "btslow-probe-2" not in asked, asked
     assert asker.name not in asked  # its own name came from its uid
+
+
+# --- 8. the PAM side believes only a root booster (issue 14) ---------------------------------------
+
+
+@contextlib.contextmanager
+def impostor(mode: str):
+    """A user serving the protocol at a path a PAM line might name: yields
+    (the user, the socket's path, the impostor's process)."""
+    with pamkit.temp_user() as u:
+        d = tempfile.mkdtemp(prefix="bt-impostor-")
+        os.chown(d, u.uid, u.gid)
+        os.chmod(d, 0o755)
+        proc = None
+        try:
+            proc = attackers.impostor_server(u, os.path.join(d, "control.sock"), mode)
+            yield u, os.path.join(d, "control.sock"), proc
+        finally:
+            if proc is not None:
+                pamkit.terminate(proc)
+            shutil.rmtree(d, ignore_errors=True)
+            wait_gone(u.uid)
+
+
+PLANTED = ("LD_PRELOAD", "BASH_ENV", "LD_AUDIT", "LD_LIBRARY_PATH", "GREETING")
+
+
+def test_a_users_socket_named_by_a_pam_python_line_exports_nothing(tmp_path):
+    """The reproduction of the issue: a pam_python line names a socket a user
+    serves; the root pam_exec line after it used to run with the user's
+    LD_PRELOAD, BASH_ENV, PATH and runtime directory, and a second assignment
+    smuggled in behind a newline."""
+    env_log = tmp_path / "env.log"
+    with impostor("ready") as (u, path, proc), pamkit.temp_user() as victim:
+        stack = pamkit.minimal_stack(f"optional {pamkit.PAM_PYTHON_SO} {PAM_MODULE} socket={path}",
+                                     f"optional pam_exec.so log={env_log} /usr/bin/env")
+        with pamkit.pam_service(stack) as svc:
+            started = time.monotonic()
+            out = pamkit.pamtester(svc, victim.name, "open_session", "close_session")
+            elapsed = time.monotonic() - started
+        assert out.returncode == 0, out.stdout + out.stderr
+        exported = dict(line.split("=", 1) for line in env_log.read_text().splitlines() if "=" in line)
+        assert not set(PLANTED) & set(exported), exported
+        assert not any(u.home in value for value in exported.values()), exported
+        assert "PATH" not in exported and "XDG_RUNTIME_DIR" not in exported, exported
+        assert "untrusted" in out.stderr and str(u.uid) in out.stderr, out.stderr
+        assert out.stderr.count("invoker") == 1, out.stderr  # one line
+        assert elapsed < 2.0, elapsed
+    assert proc.stdout.read().split("\n").count("client sent 0 bytes") == 1  # not even the HELLO went out
+
+
+def test_a_silent_impostor_holds_no_login_and_hears_nothing():
+    """An impostor that answers HELLO and then says nothing held each login for
+    the hook's timeout (120 s by default)."""
+    with impostor("silent") as (u, path, proc), pamkit.temp_user() as victim:
+        env = {"PAM_TYPE": "open_session", "PAM_USER": victim.name, "PAM_SERVICE": "test"}
+        for argv in ([PYTHON, "-I", "-S", HOOK, "--socket", path], [INVOKER, "--socket", path],
+                     [PYTHON, "-I", "-S", HOOK, "--socket", path, "--required"]):
+            started = time.monotonic()
+            out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+            assert time.monotonic() - started < 2.0, (argv, out.stderr)
+            assert out.returncode == (1 if "--required" in argv else 0), out.stderr
+            assert "untrusted" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+        for argv in ([INVOKER, "open", "--user", victim.name, "--socket", path],
+                     [BOOSTER, "status", "--socket", path],
+                     [BOOSTER, "linger", "enable", victim.name, "--socket", path],
+                     [BOOSTER, "terminate", victim.name, "--socket", path]):
+            started = time.monotonic()
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            assert time.monotonic() - started < 5.0, (argv, out.stderr)
+            assert out.returncode == 1 and "untrusted" in out.stderr, (argv, out.returncode, out.stderr)
+            assert "Traceback" not in out.stderr
+    assert proc.stdout.read().split("\n").count("client sent 0 bytes") == 7
+
+
+# --- 9. what an instance leaves behind, without cgroups (issue 14) ----------------------------------
+
+# An autostart service that starts a daemon of its own: out of the service's
+# session (setsid), deaf to TERM, forking without end; each child it forks
+# forks a sleeper and exits at once, so the sleepers are orphans that end up
+# with the booster.
+FORK_LOOP = r"""setsid -f /bin/sh -c 'trap "" TERM; while :; do (/bin/sleep 0.2 &); /bin/sleep 0.005; done' \
+    </dev/null >/dev/null 2>&1
+exec /bin/sleep 100000
+"""
+
+
+def kill_everything_of(uid: int, timeout: float = 10.0) -> None:
+    """SIGKILL each process of ``uid`` (the test's user), by pid, until none is
+    left: a cleanup for a fork loop that outlived what was meant to end it."""
+    def gone() -> bool:
+        procs = pamkit.procs_of_uid(uid, zombies=False)
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        return not procs
+    pamkit.wait_for(gone, timeout, desc=f"every process of uid {uid} killed")
+
+
+def test_a_term_deaf_fork_loop_does_not_outlive_the_logout_without_cgroups(booster_factory, backend, user):
+    """One process that vanished while the booster listed what the instance
+    left behind aborted the whole sweep: the loop survived the logout, and
+    the booster logged a line for each orphan it reaped, for ever."""
+    b = booster_factory(backend, cgroup="off")
+    script = os.path.join(user.home, "forkloop.sh")
+    Path(script).write_text(FORK_LOOP)
+    os.chown(script, user.uid, user.gid)
+    install_autostart(user, backend, "forkloop", f"/bin/sh {script}")
+    try:
+        with exec_service(b) as svc, pamkit.HeldSession(svc, user.name) as held:
+            looping = lambda: [q for q in pamkit.procs_of_uid(user.uid, zombies=False)  # noqa: E731
+                               if "trap" in " ".join(q.cmdline())]
+            pamkit.wait_for(looping, 15, desc="the fork loop running")
+            time.sleep(1)  # orphans pile up
+            held.close()
+        # stop_timeout is 5 s (harness): by then TERM has been tried on all of
+        # it, then KILL; a little more for the KILLs to land.
+        wait_gone(user.uid, timeout=5 + 5)
+        pamkit.wait_for(lambda: b.user(user.name) is None, 10, desc="the booster done with the user")
+        time.sleep(1)
+        assert pamkit.procs_of_uid(user.uid, zombies=False) == []  # nothing came back
+    finally:
+        kill_everything_of(user.uid)
+    log = b.log()
+    swept = [line for line in log.splitlines() if "ended what the instance left behind" in line]
+    assert len(swept) == 1, log[-3000:]
+    assert re.search(r" killed=[1-9]", swept[0]), swept  # the loop ignored TERM: KILL ended it
+    # One line for all it reaped, not one per orphan.
+    assert log.count("reaped adopted process") < 10, log.count("reaped adopted process")
+    assert "Traceback" not in log
+
+
+# --- 10. a uid that changes hands (issue 14) -------------------------------------------------------
+
+
+def free_uid() -> int:
+    """A uid no account and no process has now, well above the ones useradd
+    hands out (other tests make users concurrently; never assume one is free)."""
+    import pwd
+    import random
+
+    used = {proc.uids().real for proc in psutil.process_iter() if proc.is_running()}
+    while True:
+        uid = random.randrange(40000, 60000)
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            if uid not in used:
+                return uid
+
+
+@contextlib.contextmanager
+def account_on_a_fresh_uid(prefix: str):
+    for _ in range(10):
+        try:
+            with pamkit.named_user(pamkit.unique_name(prefix), uid=free_uid()) as u:
+                yield u
+            return
+        except pamkit.UidTaken:
+            continue
+    raise RuntimeError("no free uid found in ten tries")
+
+
+def test_a_reused_uid_gets_a_fresh_instance_for_its_new_account(booster_factory, backend):
+    """Account A holds a session; A is deleted and B made with A's uid.  B's
+    login used to join A's instance, still running with HOME and USER of A."""
+    b = booster_factory(backend)
+    holder = None
+    with account_on_a_fresh_uid("bta") as a:
+        install_autostart(a, backend)
+        try:
+            holder = subprocess.Popen([INVOKER, "open", "--user", a.name, "--socket", b.socket],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert holder.stdout.readline().startswith("XDG_RUNTIME_DIR="), holder.stderr.read()
+            old = instance_of(b, a.name)
+            assert instance_env(old)["USER"] == a.name
+            out = subprocess.run(["userdel", "-f", a.name], capture_output=True, text=True, timeout=30)
+            assert out.returncode in (0, 8), out.stderr  # 8: in use (its instance runs), removed all the same
+            with pamkit.named_user(pamkit.unique_name("btb"), uid=a.uid) as bee:
+                install_autostart(bee, backend)
+                out = subprocess.run([BOOSTER, "status", bee.name, "--socket", b.socket], capture_output=True,
+                                     text=True, timeout=30)
+                assert out.returncode == 0, out.stderr
+                assert out.stdout.strip() == (f"{bee.name}: no instance; uid {a.uid} runs one for {a.name}, the "
+                                              f"uid's previous account (the next login of {bee.name} replaces it)")
+                with exec_service(b) as svc, pamkit.HeldSession(svc, bee.name) as held:
+                    entry = b.user(bee.name)
+                    assert entry is not None and entry["state"] == "ready", (b.status(), b.log()[-3000:])
+                    assert entry["pid"] != old and entry["uid"] == a.uid
+                    env = instance_env(entry["pid"])
+                    assert (env["USER"], env["HOME"]) == (bee.name, bee.home), env
+                    # Status names the account the instance runs for: B's, and no longer A's.
+                    assert [e["user"] for e in b.status()["users"]] == [bee.name]
+                    assert not psutil.pid_exists(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE
+                    # A's session was ended, and its holder told why.
+                    assert holder.wait(10) == 0
+                    assert "reason=account_changed" in holder.stderr.read()
+                    held.close()
+                user_gone(b, bee)
+        finally:
+            if holder is not None:
+                pamkit.terminate(holder)
+            shutil.rmtree(a.home, ignore_errors=True)
+    assert "the account behind the uid changed" in b.log()
+
+
+def test_a_changed_account_restarts_its_instance_and_keeps_its_sessions(booster_factory, backend, user):
+    """The same name with other groups is the same account, changed: the next
+    login restarts the instance with the new groups, and the sessions it had
+    go on, counted for the new instance."""
+    b = booster_factory(backend)
+    group = pamkit._groupadd_unique("btg")
+    holder = None
+    try:
+        holder = subprocess.Popen([INVOKER, "open", "--user", user.name, "--socket", b.socket],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().startswith("XDG_RUNTIME_DIR="), holder.stderr.read()
+        looked_up = time.monotonic()
+        old = instance_of(b, user.name)
+        assert subprocess.run(["usermod", "-aG", group, user.name], capture_output=True).returncode == 0
+        gid = __import__("grp").getgrnam(group).gr_gid
+        time.sleep(max(0.0, 5.5 - (time.monotonic() - looked_up)))  # accounts.CACHE_TTL: then the change shows
+        with exec_service(b) as svc, pamkit.HeldSession(svc, user.name) as held:
+            entry = b.user(user.name)
+            assert entry["state"] == "ready" and entry["pid"] != old, (entry, b.log()[-3000:])
+            assert gid in pamkit.proc_status(entry["pid"]).ints("Groups")
+            assert entry["sessions"] == 2  # the held one came along
+            assert holder.poll() is None
+            held.close()
+        pamkit.wait_for(lambda: b.user(user.name)["sessions"] == 1, 10, desc="the second session ended")
+        assert b.user(user.name)["state"] == "ready"  # the first one still wants it
+        holder.terminate()
+        assert holder.wait(10) == 0
+        user_gone(b, user)
+    finally:
+        if holder is not None:
+            pamkit.terminate(holder)
+        pamkit._groupdel(group)
+    assert "changed=groups" in b.log() and "sessions_kept=True" in b.log()

@@ -24,6 +24,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import psutil
@@ -31,6 +32,7 @@ import pytest
 
 import pamkit
 from conftest import install_autostart, instance_of, python_line, wait_gone
+from harness import _toml
 
 DBUS_DAEMON = "/usr/bin/dbus-daemon"
 DBUS_ARGS = "--session --nofork --nosyslog --address=unix:path=$XDG_RUNTIME_DIR/bus"
@@ -230,3 +232,43 @@ def test_killed_sshd_priv_ends_its_session(booster_factory, backend):
             assert f"instance stopped part=user user={u.name}" in b.log()
             assert not os.path.lexists(b.rundir(u.uid))
             pamkit.terminate(client)  # the ssh client: the user's session side ends with it
+
+
+def test_a_runtime_directory_with_address_separators_gives_one_working_bus_address(booster_factory, backend):
+    """``;`` and ``,`` separate D-Bus addresses and their keys: the booster used
+    to pass ``unix:path=$XDG_RUNTIME_DIR/bus`` unescaped, which for such a
+    directory names another bus, or none (issue 14)."""
+    from common import loginenv
+
+    with pamkit.temp_user() as u:
+        b = booster_factory(backend, start=False)
+        b.config["rundir_path"] = str(b.base / "run;tcp:host=x,port=1" / "%u")
+        b.config_path.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in b.config.items()))
+        b.start()
+        rundir = b.rundir(u.uid)
+        # The user's bus listens at $XDG_RUNTIME_DIR/bus; its own --address escaped
+        # here, independently of the booster (urllib's quote, lower-cased).
+        bus = f"{rundir}/bus"
+        escaped = "unix:path=" + re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(),
+                                        urllib.parse.quote(bus, safe="/-_.\\*"))
+        if backend == "dinit":
+            install_autostart(u, backend, name="dbus", extra="ready-notification = pipefd:3\n",
+                              command=f"{DBUS_DAEMON} --session --nofork --nosyslog --address={escaped} "
+                                      "--print-address=3")
+        else:
+            install_autostart(u, backend, name="dbus",
+                              command=f"{DBUS_DAEMON} --session --nofork --nosyslog --address={escaped}")
+            check = Path(u.home, ".config", "service", "dbus", "check")
+            check.write_text('#!/bin/sh\nexec test -S "$XDG_RUNTIME_DIR/bus"\n')
+            check.chmod(0o755)
+            os.chown(check, u.uid, u.gid)
+        try:
+            out = pamkit.su_login(u, f'echo "DBUS=$DBUS_SESSION_BUS_ADDRESS"; {LIST_NAMES}', stack(b), timeout=60)
+            assert out.returncode == 0, f"{out.stdout}\n{out.stderr}\n{b.log()}"
+            assert out.stdout.splitlines()[0] == f"DBUS={loginenv.bus_address(bus)}" == f"DBUS={escaped}", out.stdout
+            assert ";" not in escaped and "," not in escaped
+            assert re.search(r'string "org\.freedesktop\.DBus"', out.stdout), out.stdout  # that bus answered
+            wait_gone(u.uid)
+            wait_user_gone(b, u)
+        finally:
+            shutil.rmtree(rundir, ignore_errors=True)

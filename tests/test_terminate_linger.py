@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import types
 
 import pamkit
-from conftest import BOOSTER, INVOKER, exec_service, wait_gone
+from common import protocol as p
+from conftest import BOOSTER, INVOKER, exec_service, install_autostart, refused_open, wait_gone
 
 
 def booster(*argv: str) -> subprocess.CompletedProcess:
@@ -113,3 +115,38 @@ def test_linger_disable_says_when_the_config_list_keeps_it(booster_factory):
         assert state_of(b, u.name) == "ready"
         b.stop()
         wait_gone(u.uid)
+
+
+def test_a_name_that_logs_in_can_linger_and_a_refused_name_says_why(booster_factory, backend):
+    """One rule for user names (issue 14): ``.hidden`` logged in and got an
+    instance, yet ``booster linger enable .hidden`` failed with INTERNAL (the
+    linger store refused names starting with a dot)."""
+    b = booster_factory(backend)
+    config = str(b.config_path)
+    with pamkit.named_user(pamkit.unique_name(".bt"), badname=True) as u:
+        install_autostart(u, backend)
+        with exec_service(b) as svc, pamkit.HeldSession(svc, u.name):
+            assert state_of(b, u.name) == "ready", b.log()
+        pamkit.wait_for(lambda: b.user(u.name) is None, 15, desc="the instance stopped after the logout")
+        out = booster("linger", "enable", u.name, "--config", config)
+        assert out.returncode == 0 and out.stdout.strip() == f"{u.name}: linger enabled", out
+        pamkit.wait_for(lambda: state_of(b, u.name) == "ready", 20, desc="the lingering instance ready")
+        b.stop()  # the record is read back at the next start
+        wait_gone(u.uid)
+        b.start()
+        pamkit.wait_for(lambda: state_of(b, u.name) == "ready", 20, desc="the instance back after the restart")
+        out = booster("linger", "disable", u.name, "--config", config)
+        assert out.returncode == 0 and out.stdout.strip() == f"{u.name}: linger disabled", out
+        pamkit.wait_for(lambda: b.user(u.name) is None, 15, desc="the instance stopped (no sessions)")
+        wait_gone(u.uid)
+    # Names no account may have: refused alike by every command, with the reason.
+    for name, why in ((".", "'.' or '..'"), ("..", "'.' or '..'"), ("a/b", "'/'"), ("-rf", "starts with '-'"),
+                      ("tab\there", "control character"), ("x" * 256, "more than 255")):
+        for argv in (["linger", "enable"], ["linger", "disable"], ["terminate"]):
+            out = booster(*argv, "--config", config, "--", name)
+            assert out.returncode == 1, (argv, out)
+            assert "not a valid user name" in out.stderr and why in out.stderr, (argv, out.stderr)
+            assert "INTERNAL" not in out.stderr
+        refused = refused_open(b, types.SimpleNamespace(name=name))
+        assert refused.code == p.ErrorCode.UNKNOWN_USER and "not a valid user name" in refused.text, refused
+    assert "Traceback" not in b.log() and "INTERNAL" not in b.log()
