@@ -568,7 +568,8 @@ static int handshake(struct conn *c, const struct options *opt, const char *agen
         return fail(f, F_BROKEN, "cannot send HELLO: %s", err.text);
     if (request_len > sizeof frame - len)
         return fail(f, F_BROKEN, "request of %zu bytes too large", request_len);
-    memcpy(frame + len, request, request_len);
+    if (request_len > 0)
+        memcpy(frame + len, request, request_len);
     if (conn_send(c, frame, len + request_len, deadline, f) < 0
         || conn_next(c, earliest(deadline, now_ms() + ANSWER_TIMEOUT_MS), &type, values, f) < 0)
         return -1;
