@@ -13,9 +13,10 @@ the build instead of being decoded wrongly.  ``invoker/Makefile`` runs it:
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __name__ == "__main__":  # run by the Makefile: common/ is found beside invoker/
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import wire  # noqa: E402 - found from this file's place in the tree
+from common import wire  # noqa: E402
 
 # Kinds of codes: (prefix in common.wire, name of the C table of their names or None).
 CODE_KINDS = (("MSG_", "wire_message_names"), ("ERR_", "wire_error_names"), ("END_", "wire_end_names"),
