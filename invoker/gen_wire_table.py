@@ -64,6 +64,12 @@ def render() -> str:
         out.append("")
     max_fields = max(len(fields) for fields in wire.FIELDS.values())
     out += [f"#define WIRE_MAX_FIELDS {max_fields}", "",
+            "/* Each message's field count, and each field's place in it. */"]
+    for type_, fields in sorted(wire.FIELDS.items()):
+        name = wire.code_name("MSG_", type_)
+        out.append(f"#define WIRE_FIELDS_{name} {len(fields)}")
+        out += [f"#define WIRE_FIELD_{name}_{field.upper()} {i}" for i, (field, _, _) in enumerate(fields)]
+    out += ["",
             "/* The tables, for the codec (booster_wire.c) alone. */", "#ifdef WIRE_TABLES", ""]
     for type_, fields in sorted(wire.FIELDS.items()):
         name = wire.code_name("MSG_", type_)

@@ -19,8 +19,7 @@
  *   environment only XDG_RUNTIME_DIR and DBUS_SESSION_BUS_ADDRESS are
  *   exported, each checked; an XDG_RUNTIME_DIR set earlier in the stack stands.
  * - close_session: the orderly disconnect of the connection it kept, or
- *   CLOSE_SESSION naming the session the booster watches, after the
- *   booster's HELLO, without waiting for its answer.
+ *   CLOSE_SESSION naming the session the booster watches, and its CLOSED.
  * - account: pre-warm: PREWARM after the booster's HELLO, and return without
  *   waiting for the answer.
  *
@@ -51,6 +50,13 @@
 #include <security/pam_ext.h>
 
 #include "booster_wire.h"
+
+/* The messages this module writes, as it fills them in below: a field added
+ * in common/wire.py must be filled in here too before the module builds. */
+_Static_assert(WIRE_FIELDS_HELLO == 4, "HELLO's fields changed in common/wire.py");
+_Static_assert(WIRE_FIELDS_OPEN_SESSION == 8, "OPEN_SESSION's fields changed in common/wire.py");
+_Static_assert(WIRE_FIELDS_CLOSE_SESSION == 3, "CLOSE_SESSION's fields changed in common/wire.py");
+_Static_assert(WIRE_FIELDS_PREWARM == 1, "PREWARM's fields changed in common/wire.py");
 
 #define PAM_BOOSTER_EXPORT __attribute__((visibility("default")))
 
@@ -428,10 +434,11 @@ static int conn_next(struct conn *c, long long deadline, unsigned *type, struct 
             c->taken = used;
             if (*type != WIRE_MSG_ERROR)
                 return 0;
-            fail(f, F_REFUSED, "%s: %.*s", wire_error_name((unsigned)values[0].num)
-                 ? wire_error_name((unsigned)values[0].num) : "unknown error",
-                 (int)values[1].len, values[1].str);
-            f->code = (unsigned)values[0].num;
+            const struct wire_value *text = &values[WIRE_FIELD_ERROR_TEXT];
+            unsigned code = (unsigned)values[WIRE_FIELD_ERROR_CODE].num;
+            fail(f, F_REFUSED, "%s: %.*s", wire_error_name(code) ? wire_error_name(code) : "unknown error",
+                 (int)text->len, text->str);
+            f->code = code;
             return -1;
         }
         if (!wait_fd(c->fd, POLLIN, deadline))
@@ -498,10 +505,11 @@ static const char *conn_disconnect(struct conn *c, long long deadline, const str
             while ((rc = wire_next_frame(c->buf + c->taken, c->len - c->taken, &used, &type, values, &err)) > 0) {
                 c->taken += used;
                 if (type == WIRE_MSG_ENDED) {
-                    const char *why = wire_end_name((unsigned)values[1].num);
+                    const char *why = wire_end_name((unsigned)values[WIRE_FIELD_ENDED_REASON].num);
+                    const struct wire_value *text = &values[WIRE_FIELD_ENDED_TEXT];
                     say(log, LOG_INFO, "the booster had ended session %llu: %s%s%.*s",
-                        (unsigned long long)values[0].num, why ? why : "unknown reason",
-                        values[4].len ? ": " : "", (int)values[4].len, values[4].str);
+                        (unsigned long long)values[WIRE_FIELD_ENDED_SESSION_ID].num, why ? why : "unknown reason",
+                        text->len ? ": " : "", (int)text->len, text->str);
                 }
             }
             if (rc < 0 || c->len == WIRE_MAX_FRAME)
@@ -545,10 +553,14 @@ static struct wire_value num_value(uint64_t n)
 
 static size_t hello_frame(const char *agent, unsigned char *out, size_t cap, struct wire_error *err)
 {
-    struct wire_value hello[4] = { num_value((uint64_t)getpid()), num_value(own_pidns()), num_value(0),
-                                   str_value(agent) };
+    struct wire_value hello[WIRE_FIELDS_HELLO] = {
+        [WIRE_FIELD_HELLO_PID] = num_value((uint64_t)getpid()),
+        [WIRE_FIELD_HELLO_PIDNS] = num_value(own_pidns()),
+        [WIRE_FIELD_HELLO_FLAGS] = num_value(0),
+        [WIRE_FIELD_HELLO_AGENT] = str_value(agent),
+    };
 
-    return wire_encode(WIRE_MSG_HELLO, hello, 4, out, cap, err);
+    return wire_encode(WIRE_MSG_HELLO, hello, WIRE_FIELDS_HELLO, out, cap, err);
 }
 
 /* Connect, say HELLO (with request right behind it, if any: OPEN_SESSION
@@ -576,7 +588,7 @@ static int handshake(struct conn *c, const struct options *opt, const char *agen
         return -1;
     if (type != WIRE_MSG_HELLO)
         return unexpected(f, type, "in the handshake");
-    *flags = (uint32_t)values[2].num;
+    *flags = (uint32_t)values[WIRE_FIELD_HELLO_FLAGS].num;
     return 0;
 }
 
@@ -846,15 +858,17 @@ PAM_BOOSTER_EXPORT int pam_sm_open_session(pam_handle_t *pamh, int flags, int ar
     wire_fit(item(pamh, PAM_TTY), 256, tty);
     wire_fit(item(pamh, PAM_RHOST), 1024, rhost);
     wire_fit(item(pamh, PAM_RUSER), 256, ruser);
-    values[0] = str_value(log.user);
-    values[1] = str_value(service);
-    values[2] = str_value(tty);
-    values[3] = str_value(rhost);
-    values[4] = str_value(ruser);
-    values[5] = num_value((uint64_t)getpid());
-    values[6] = num_value(WIRE_OPEN_KEEP_IF_UNSEEN | (opt.norundir ? WIRE_OPEN_NO_RUNDIR : 0));
-    values[7] = str_value(runtime_dir);
-    request_len = wire_encode(WIRE_MSG_OPEN_SESSION, values, 8, request, sizeof request, &err);
+    values[WIRE_FIELD_OPEN_SESSION_USER] = str_value(log.user);
+    values[WIRE_FIELD_OPEN_SESSION_SERVICE] = str_value(service);
+    values[WIRE_FIELD_OPEN_SESSION_TTY] = str_value(tty);
+    values[WIRE_FIELD_OPEN_SESSION_RHOST] = str_value(rhost);
+    values[WIRE_FIELD_OPEN_SESSION_RUSER] = str_value(ruser);
+    values[WIRE_FIELD_OPEN_SESSION_LEADER_PID] = num_value((uint64_t)getpid());
+    values[WIRE_FIELD_OPEN_SESSION_FLAGS] = num_value(WIRE_OPEN_KEEP_IF_UNSEEN
+                                                      | (opt.norundir ? WIRE_OPEN_NO_RUNDIR : 0));
+    values[WIRE_FIELD_OPEN_SESSION_RUNTIME_DIR] = str_value(runtime_dir);
+    request_len = wire_encode(WIRE_MSG_OPEN_SESSION, values, WIRE_FIELDS_OPEN_SESSION, request, sizeof request,
+                              &err);
     if (request_len == 0) {
         say(&log, LOG_ERR, "cannot ask for this user's session: %s", err.text);
         return fail_result(&opt, PAM_SESSION_ERR);
@@ -873,12 +887,13 @@ PAM_BOOSTER_EXPORT int pam_sm_open_session(pam_handle_t *pamh, int flags, int ar
             unexpected(&f, type, "while opening");
             goto failed;
         }
-        answer = earliest(deadline, now_ms() + (long long)values[1].num + WAIT_MARGIN_MS);
+        answer = earliest(deadline, now_ms() + (long long)values[WIRE_FIELD_WAIT_TIMEOUT_MS].num + WAIT_MARGIN_MS);
         say(&log, LOG_DEBUG, "session %llu: the instance is starting (the booster waits up to %llu ms)",
-            (unsigned long long)values[0].num, (unsigned long long)values[1].num);
+            (unsigned long long)values[WIRE_FIELD_WAIT_SESSION_ID].num,
+            (unsigned long long)values[WIRE_FIELD_WAIT_TIMEOUT_MS].num);
     }
-    id = values[0].num;
-    export_env(pamh, &values[1], earlier != NULL, &log);
+    id = values[WIRE_FIELD_READY_SESSION_ID].num;
+    export_env(pamh, &values[WIRE_FIELD_READY_ENV], earlier != NULL, &log);
     if (hello_flags & WIRE_HELLO_PEER_VISIBLE) {
         /* The booster watches this process: nothing to keep open. */
         const char *outcome = conn_disconnect(&c, earliest(deadline, now_ms() + DISCONNECT_TIMEOUT_MS), &log);
@@ -918,6 +933,7 @@ PAM_BOOSTER_EXPORT int pam_sm_close_session(pam_handle_t *pamh, int flags, int a
     const void *data = NULL;
     long long deadline;
     uint32_t hello_flags;
+    unsigned type;
     int rc;
 
     (void)flags;
@@ -943,20 +959,32 @@ PAM_BOOSTER_EXPORT int pam_sm_close_session(pam_handle_t *pamh, int flags, int a
     } else if (handshake(&c, &opt, "pam_booster close_session", NULL, 0, deadline, &hello_flags, &f) < 0) {
         rc = -1;
     } else {
-        /* CLOSE_SESSION by the id READY gave, and no waiting for CLOSED: the
-         * booster reads the request and ends the session whether or not its
-         * answer is read (and logs it); the logout pays one round trip. */
-        values[0] = num_value(s->id);
-        values[1] = str_value(s->user);
-        values[2] = num_value((uint64_t)getpid());
-        rc = send_message(&c, WIRE_MSG_CLOSE_SESSION, values, 3, deadline, &f);
-        if (rc == 0)
-            say(&log, LOG_DEBUG, "session %llu: close sent", (unsigned long long)s->id);
+        /* CLOSE_SESSION by the id READY gave, and its answer: the session has
+         * ended before the application goes on (and exits, which would end
+         * it too, crossing our request). */
+        values[WIRE_FIELD_CLOSE_SESSION_SESSION_ID] = num_value(s->id);
+        values[WIRE_FIELD_CLOSE_SESSION_USER] = str_value(s->user);
+        values[WIRE_FIELD_CLOSE_SESSION_LEADER_PID] = num_value((uint64_t)getpid());
+        if (send_message(&c, WIRE_MSG_CLOSE_SESSION, values, WIRE_FIELDS_CLOSE_SESSION, deadline, &f) < 0
+            || conn_next(&c, earliest(deadline, now_ms() + ANSWER_TIMEOUT_MS), &type, values, &f) < 0)
+            rc = -1;
+        else if (type != WIRE_MSG_CLOSED && type != WIRE_MSG_ENDED)  /* ENDED: it crossed our close */
+            rc = unexpected(&f, type, "while closing");
+        else {
+            const char *outcome = conn_disconnect(&c, earliest(deadline, now_ms() + DISCONNECT_TIMEOUT_MS), &log);
+            say(&log, LOG_DEBUG, "session %llu closed (disconnect %s)", (unsigned long long)s->id, outcome);
+            rc = PAM_SUCCESS;
+        }
     }
     if (rc < 0) {
-        say(&log, f.kind == F_ABSENT ? LOG_WARNING : LOG_ERR, "closing session %llu: %s%s",
-            (unsigned long long)s->id, f.kind == F_ABSENT ? "booster not running: " : "", f.text);
-        rc = fail_result(&opt, PAM_SESSION_ERR);
+        if (f.kind == F_REFUSED && f.code == WIRE_ERR_NO_SUCH_SESSION) {
+            say(&log, LOG_INFO, "session %llu had ended already (%s)", (unsigned long long)s->id, f.text);
+            rc = PAM_SUCCESS;
+        } else {
+            say(&log, f.kind == F_ABSENT ? LOG_WARNING : LOG_ERR, "closing session %llu: %s%s",
+                (unsigned long long)s->id, f.kind == F_ABSENT ? "booster not running: " : "", f.text);
+            rc = fail_result(&opt, PAM_SESSION_ERR);
+        }
     }
     if (c.fd >= 0)
         close(c.fd);
@@ -986,7 +1014,7 @@ PAM_BOOSTER_EXPORT int pam_sm_acct_mgmt(pam_handle_t *pamh, int flags, int argc,
      * ahead of it); the answer is not waited for: the booster acts on the
      * request whether or not its ACK is read. */
     if (handshake(&c, &opt, "pam_booster account", NULL, 0, deadline, &hello_flags, &f) < 0
-        || send_message(&c, WIRE_MSG_PREWARM, &user, 1, deadline, &f) < 0)
+        || send_message(&c, WIRE_MSG_PREWARM, &user, WIRE_FIELDS_PREWARM, deadline, &f) < 0)
         say(&log, f.kind == F_ABSENT ? LOG_WARNING : LOG_ERR, "no pre-warm: %s%s",
             f.kind == F_ABSENT ? "booster not running: " : "", f.text);
     else

@@ -162,9 +162,9 @@ def test_every_documented_vector_decodes_and_encodes_byte_for_byte(codec):
 
 def test_the_c_table_is_common_wire():
     """build/wire_table.h is what gen_wire_table.py makes of common/wire.py now."""
-    from invoker import gen_wire_table
-
-    assert (harness.NATIVE_BUILD / "wire_table.h").read_text() == gen_wire_table.render()
+    now = subprocess.run([harness.PYTHON, "-I", "-S", str(harness.NATIVE_SRC / "gen_wire_table.py")],
+                         capture_output=True, text=True, check=True).stdout
+    assert (harness.NATIVE_BUILD / "wire_table.h").read_text() == now
 
 
 LEGAL_STREAMS = [frames.frames_of(sent) for conversation in frames.conversations().values()
@@ -564,16 +564,15 @@ def test_mutated_and_random_answers_never_crash_the_application(tmp_path, seed, 
     assert log_of(log), "nothing logged"
 
 
-# Close waits for the booster's HELLO only (then sends CLOSE_SESSION and leaves).
-CLOSE_HOSTILE = ["silent", "closes at once", "bad magic", "version 1", "READY before HELLO", "a byte every 50 ms"]
+CLOSE_HOSTILE = ["silent", "closes at once", "HELLO, then silence", "a header announcing 4 GiB",
+                 "READY before HELLO", "a flood of zeros", "an ERROR", "a byte every 50 ms"]
 
 
 @pytest.mark.parametrize("build", ["plain", "asan"])
 @pytest.mark.parametrize("scenario", CLOSE_HOSTILE)
 def test_a_broken_booster_at_logout(tmp_path, scenario, build):
     """The session opened (the booster watches the application); the close's
-    own connection meets a broken booster before its HELLO: the logout goes on,
-    bounded, logged."""
+    own connection meets a broken booster: the logout goes on, bounded, logged."""
     module = harness.NATIVE_ASAN_MODULE if build == "asan" else harness.NATIVE_MODULE
     log = str(tmp_path / "pam.log")
     with FakeBooster(answer(SERVER_HELLO + ready()), HOSTILE[scenario]) as fake, native_service(
@@ -583,6 +582,24 @@ def test_a_broken_booster_at_logout(tmp_path, scenario, build):
     assert_bounded(elapsed)
     lines = failure_lines(log_of(log), "close_session")
     assert len(lines) == 1 and "closing session 7" in lines[0], log_of(log)
+
+
+def test_a_session_that_ended_already_is_no_failure_at_logout(tmp_path):
+    log = str(tmp_path / "pam.log")
+    gone = wire.encode(wire.MSG_ERROR, (wire.ERR_NO_SUCH_SESSION, "no open session of 'nobody' for that leader"))
+    def refuse_the_close(conn, read, stop):
+        read()  # CLOSE_SESSION
+        conn.sendall(gone)
+        hold(conn, read, stop)
+
+    with FakeBooster(answer(SERVER_HELLO + ready()), answer(SERVER_HELLO, then=refuse_the_close)) as fake, \
+            native_service(
+            f"session required {harness.NATIVE_MODULE} socket={fake.path} required log={log}") as svc:
+        out, _ = run_pamtester(svc, "nobody", "open_session", "close_session")
+    assert out.returncode == 0, (out.stderr, log_of(log))
+    assert [line.split(": ", 3)[1:] for line in log_of(log)] == [
+        ["info", f"{svc} close_session for nobody", "session 7 had ended already (NO_SUCH_SESSION: no open "
+                                                    "session of 'nobody' for that leader)"]], log_of(log)
 
 
 @pytest.mark.parametrize("build", ["plain", "asan"])
@@ -694,7 +711,7 @@ def test_what_each_call_sends(tmp_path):
     """open: HELLO and OPEN_SESSION (KEEP_IF_UNSEEN, the application as the
     leader, the PAM items) in one write; close: CLOSE_SESSION by the id READY
     gave, after the booster's HELLO; account: PREWARM, after the booster's
-    HELLO.  Neither of the last two waits for the answer."""
+    HELLO, without waiting for the answer."""
     log = str(tmp_path / "pam.log")
     with FakeBooster(answer(SERVER_HELLO + ready()), answer(SERVER_HELLO, then=closed_reply),
                      answer(SERVER_HELLO, then=hold)) as fake, native_service(
