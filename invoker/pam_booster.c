@@ -120,13 +120,16 @@ struct failure {
 static void say(const struct logger *log, int priority, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Control characters from the booster, a user name or a path become '?':
- * one event, one line. */
+/* Control characters from the booster, a user name or a path (C0, DEL, and
+ * C1 as UTF-8 encodes it) become '?': one event, one line, no terminal codes. */
 static void clean(char *s)
 {
-    for (unsigned char *p = (unsigned char *)s; *p != '\0'; p++)
+    for (unsigned char *p = (unsigned char *)s; *p != '\0'; p++) {
         if (*p < 0x20 || *p == 0x7f)
             *p = '?';
+        else if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+            p[0] = p[1] = '?';
+    }
 }
 
 static const char *level_name(int priority)
