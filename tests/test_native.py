@@ -1024,3 +1024,16 @@ def test_setup_installs_the_module_and_the_demo_logs_in_with_it():
                              check=True).stdout
     assert "pam_sm_open_session" in exports
     assert demo._session_module()[0] == "pam_booster.so"
+
+
+def test_make_install_puts_it_beside_pam_permit(tmp_path):
+    from invoker import native
+
+    make = ["make", "-C", str(harness.NATIVE_SRC), "--no-print-directory", f"DESTDIR={tmp_path}"]
+    subprocess.run(make + ["install"], check=True, capture_output=True)
+    installed = tmp_path / native.module_dir().lstrip("/") / "pam_booster.so"
+    assert installed.read_bytes() == Path(harness.NATIVE_MODULE).read_bytes()
+    assert oct(installed.stat().st_mode & 0o7777) == "0o644"
+    assert [p.name for p in installed.parent.iterdir()] == ["pam_booster.so"]  # no temporary left
+    subprocess.run(make + ["uninstall"], check=True, capture_output=True)
+    assert not installed.exists()
