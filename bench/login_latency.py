@@ -10,8 +10,10 @@ that ratios between them hold on a noisy machine.  Three tables:
    open_session`` (a C PAM application: a Python client cannot host
    pam_python) for a warm login (the user's instance already runs) and a
    cold one (it does not; no autostart service); for the native module also
-   with no booster at all, the booster's own connect → READY of a cold login
-   (through the client library, the pool warm, in the same rounds), and
+   with no booster at all, against a stand-in in C that answers at once
+   (``bench/answer_at_once.c``: the module's own cost), the booster's own
+   connect → READY of a cold login (through the client library, the pool
+   warm, in the same rounds), and
    ``ssh USER@127.0.0.1 true`` through a real sshd with the native line and
    through one without it.  Inside one C application
    (``bench/pam_timer.c``, built here with gcc): ``pam_open_session`` after
@@ -53,6 +55,7 @@ import benchlib
 import harness
 import pamkit
 from common import protocol as p
+from common import wire
 from invoker.client import Client, query_status
 
 PYTHON = "/usr/bin/python3"  # what pam_exec lines run: the system interpreter
@@ -210,6 +213,25 @@ def build_timer(work: str) -> str:
     return out
 
 
+def start_stand_in(work: str) -> tuple[subprocess.Popen, str]:
+    """bench/answer_at_once.c, built and listening: a stand-in booster that
+    answers HELLO and READY at once, so that a row can show the native
+    module's own cost without the booster's work.  (Its Popen, its socket.)"""
+    prog = os.path.join(work, "answer_at_once")
+    subprocess.run(["gcc", "-O2", "-o", prog, str(Path(__file__).with_name("answer_at_once.c"))], check=True)
+    sock = os.path.join(work, "stand-in.sock")
+    answer = (wire.encode(wire.MSG_HELLO, (1, os.stat("/proc/self/ns/pid").st_ino, wire.HELLO_PEER_VISIBLE,
+                                           "answer_at_once"))
+              + wire.encode(wire.MSG_READY, (1, (("XDG_RUNTIME_DIR", "/run/user/4242"),))))
+    proc = subprocess.Popen([prog, sock, answer.hex()])
+    deadline = time.monotonic() + 5
+    while not os.path.exists(sock):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("answer_at_once did not start")
+        time.sleep(0.01)
+    return proc, sock
+
+
 def timed_calls(timer: str, service: str, user: str, gap: float | None = None) -> tuple[float, float, float]:
     """(seconds in pam_open_session, in pam_close_session + pam_end, in
     pam_acct_mgmt) of one session, from inside the application; with ``gap``,
@@ -232,7 +254,9 @@ def pam_table(rounds: int, gap: float) -> list[dict]:
     harness.build_native()
     b = harness.new_booster("dinit", log_level="warning", login_timeout=20)
     holders = []
+    stand_in = None
     try:
+        stand_in, stand_in_sock = start_stand_in(work)
         sock = b.socket
         exec_hook = f"{PYTHON} -I -S {HOOK} --socket {sock}"
         native = f"required {harness.NATIVE_MODULE} socket={sock}"
@@ -250,6 +274,7 @@ def pam_table(rounds: int, gap: float) -> list[dict]:
             "native": pamkit.minimal_stack(native, account=native),
             # as an administrator installs it: optional, logging to syslog (no /dev/log here: a failed connect)
             "native absent": pamkit.minimal_stack(f"optional {harness.NATIVE_MODULE} socket={work}/absent.sock"),
+            "native stand-in": pamkit.minimal_stack(f"required {harness.NATIVE_MODULE} socket={stand_in_sock}"),
         }
         with contextlib.ExitStack() as stack:
             warm = stack.enter_context(pamkit.temp_user("bl"))
@@ -303,6 +328,8 @@ def pam_table(rounds: int, gap: float) -> list[dict]:
                 ("native", "cold, 0 autostart services", "pamtester open"): cold_native_login,
                 ("native", "booster absent", "pamtester open"): lambda: pamtester(svc["native absent"], warm.name,
                                                                                   "open_session"),
+                ("native", "a C stand-in answering at once", "pamtester open"): lambda: pamtester(
+                    svc["native stand-in"], warm.name, "open_session"),
                 ("booster", "cold, 0 autostart services", "connect -> READY"): lambda: cold_open(b, cold.name),
                 ("floor", "sshd without our line", "ssh true"): lambda: ssh_true(sshd["none"], warm.name),
                 ("native", "warm", "ssh true"): lambda: ssh_true(sshd["native"], warm.name),
@@ -341,6 +368,9 @@ def pam_table(rounds: int, gap: float) -> list[dict]:
         for client in holders:
             client.disconnect()
         harness.dispose(b)
+        if stand_in is not None:
+            stand_in.kill()  # ours, by its Popen
+            stand_in.wait()
         shutil.rmtree(work, ignore_errors=True)
     return [{"table": "pam", "mode": mode, "case": case, "ops": ops, **stats}
             for (mode, case, ops), stats in got.items()]
