@@ -268,6 +268,14 @@ def test_the_module_is_built_hardened():
     needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.*?)\]", dynamic)
     assert sorted(needed) == ["libc.so.6", "libpam.so.0"], needed
 
+    # No global that changes: nothing of ours in .data or .bss (the tables
+    # are const, in .data.rel.ro); what is there is the C runtime's.
+    symbols = subprocess.run(["objdump", "-t", harness.NATIVE_MODULE], capture_output=True, text=True,
+                             check=True).stdout
+    writable = {line.split()[-1] for line in symbols.splitlines()
+                if re.search(r"\s\.(data|bss)\s", line) and line.split()[-1] not in (".data", ".bss")}
+    assert writable <= {"completed.0", "__TMC_END__", "__dso_handle"}, writable
+
 
 # --- a fake booster ---------------------------------------------------------------------------------
 
