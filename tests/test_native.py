@@ -833,7 +833,7 @@ def test_a_wait_gives_the_booster_the_time_it_announces(tmp_path):
 
 # --- real PAM applications, a real booster ---------------------------------------------------------------
 
-from test_namespaces import ns_kit, placed_factory, pam_app_of  # noqa: E402,F401 - fixtures and a helper
+from test_namespaces import ns_kit, placed_factory  # noqa: E402,F401 - fixtures
 from test_pam_python import LIST_NAMES, install_session_bus, read_line  # noqa: E402
 
 
