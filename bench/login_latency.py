@@ -3,12 +3,19 @@
 Every row is measured in one run, the rows of a round in a shuffled order, so
 that ratios between them hold on a noisy machine.  Three tables:
 
-1. **PAM time**, both PAM modes against their floors: a pam_exec line that
-   runs ``python -I -S -c pass`` (and one that runs ``/bin/true``), and a
+1. **PAM time**, the three PAM modes against their floors: a stack of
+   ``pam_permit`` alone (the native module's), a pam_exec line that runs
+   ``python -I -S -c pass`` (and one that runs ``/bin/true``), and a
    pam_python module that does nothing.  Wall time of ``pamtester
    open_session`` (a C PAM application: a Python client cannot host
    pam_python) for a warm login (the user's instance already runs) and a
-   cold one (it does not; no autostart service).  Inside one C application
+   cold one (it does not; no autostart service); for the native module also
+   with no booster at all, against a stand-in in C that answers at once
+   (``bench/answer_at_once.c``: the module's own cost), the booster's own
+   connect → READY of a cold login (through the client library, the pool
+   warm, in the same rounds), and
+   ``ssh USER@127.0.0.1 true`` through a real sshd with the native line and
+   through one without it.  Inside one C application
    (``bench/pam_timer.c``, built here with gcc): ``pam_open_session`` after
    ``pam_acct_mgmt`` and a pause like sshd's between its account and
    session phases, in the same handle, for a warm user and for a cold one
@@ -48,6 +55,7 @@ import benchlib
 import harness
 import pamkit
 from common import protocol as p
+from common import wire
 from invoker.client import Client, query_status
 
 PYTHON = "/usr/bin/python3"  # what pam_exec lines run: the system interpreter
@@ -55,6 +63,17 @@ HOOK = os.path.join(os.path.dirname(harness.PAM_MODULE), "pam_exec.py")
 NOOP_MODULE = "def pam_sm_open_session(pamh, flags, argv):\n    return pamh.PAM_SUCCESS\n\n" \
               "def pam_sm_close_session(pamh, flags, argv):\n    return pamh.PAM_SUCCESS\n\n" \
               "def pam_sm_acct_mgmt(pamh, flags, argv):\n    return pamh.PAM_SUCCESS\n"
+
+
+def ssh_true(sshd: pamkit.Sshd, user: str) -> float:
+    """Wall time of ``ssh USER@127.0.0.1 true``: a whole OpenSSH login and logout."""
+    argv = sshd.ssh_argv(user, "true")
+    started = time.perf_counter()
+    out = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = time.perf_counter() - started
+    if out.returncode != 0:
+        raise RuntimeError(f"ssh {user}@127.0.0.1 true: {out.stderr.decode(errors='replace')}")
+    return elapsed
 
 
 def pamtester(service: str, user: str, *ops: str) -> float:
@@ -194,6 +213,25 @@ def build_timer(work: str) -> str:
     return out
 
 
+def start_stand_in(work: str) -> tuple[subprocess.Popen, str]:
+    """bench/answer_at_once.c, built and listening: a stand-in booster that
+    answers HELLO and READY at once, so that a row can show the native
+    module's own cost without the booster's work.  (Its Popen, its socket.)"""
+    prog = os.path.join(work, "answer_at_once")
+    subprocess.run(["gcc", "-O2", "-o", prog, str(Path(__file__).with_name("answer_at_once.c"))], check=True)
+    sock = os.path.join(work, "stand-in.sock")
+    answer = (wire.encode(wire.MSG_HELLO, (1, os.stat("/proc/self/ns/pid").st_ino, wire.HELLO_PEER_VISIBLE,
+                                           "answer_at_once"))
+              + wire.encode(wire.MSG_READY, (1, (("XDG_RUNTIME_DIR", "/run/user/4242"),))))
+    proc = subprocess.Popen([prog, sock, answer.hex()])
+    deadline = time.monotonic() + 5
+    while not os.path.exists(sock):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("answer_at_once did not start")
+        time.sleep(0.01)
+    return proc, sock
+
+
 def timed_calls(timer: str, service: str, user: str, gap: float | None = None) -> tuple[float, float, float]:
     """(seconds in pam_open_session, in pam_close_session + pam_end, in
     pam_acct_mgmt) of one session, from inside the application; with ``gap``,
@@ -213,11 +251,15 @@ def pam_table(rounds: int, gap: float) -> list[dict]:
     noop = os.path.join(work, "noop.py")
     Path(noop).write_text(NOOP_MODULE)
     timer = build_timer(work)
+    harness.build_native()
     b = harness.new_booster("dinit", log_level="warning", login_timeout=20)
     holders = []
+    stand_in = None
     try:
+        stand_in, stand_in_sock = start_stand_in(work)
         sock = b.socket
         exec_hook = f"{PYTHON} -I -S {HOOK} --socket {sock}"
+        native = f"required {harness.NATIVE_MODULE} socket={sock}"
         stacks = {
             "none": pamkit.minimal_stack(),
             "floor exec": pamkit.minimal_stack(f"required pam_exec.so {PYTHON} -I -S -c pass"),
@@ -229,20 +271,31 @@ def pam_table(rounds: int, gap: float) -> list[dict]:
             "python": pamkit.minimal_stack(f"required {pamkit.PAM_PYTHON_SO} {harness.PAM_MODULE} socket={sock}",
                                            account=f"required {pamkit.PAM_PYTHON_SO} {harness.PAM_MODULE} "
                                                    f"socket={sock}"),
+            "native": pamkit.minimal_stack(native, account=native),
+            # as an administrator installs it: optional, logging to syslog (no /dev/log here: a failed connect)
+            "native absent": pamkit.minimal_stack(f"optional {harness.NATIVE_MODULE} socket={work}/absent.sock"),
+            "native stand-in": pamkit.minimal_stack(f"required {harness.NATIVE_MODULE} socket={stand_in_sock}"),
         }
         with contextlib.ExitStack() as stack:
             warm = stack.enter_context(pamkit.temp_user("bl"))
             cold = stack.enter_context(pamkit.temp_user("bl"))
             svc = {name: stack.enter_context(pamkit.pam_service(text)) for name, text in stacks.items()}
+            sshd = {name: stack.enter_context(pamkit.Sshd(svc[name])) for name in ("none", "native")}
             harness.install_autostart(warm, "dinit")
             holders.append(hold(b, warm.name))
+            for server in sshd.values():
+                server.authorize(warm)
 
             def cold_login(name: str) -> float:
                 elapsed = pamtester(svc[name], cold.name, "open_session")
                 wait_user(b, cold.name, False)  # pamtester exited: the booster ends the session
                 return elapsed
 
-            accounts = {"exec": [], "python": []}  # pam_acct_mgmt of the pre-warmed logins
+            def cold_native_login() -> float:
+                wait_pool_warm(b)  # as for the booster's own row below, which it is compared with
+                return cold_login("native")
+
+            accounts = {"exec": [], "python": [], "native": []}  # pam_acct_mgmt of the pre-warmed logins
 
             def prewarmed_open(name: str) -> float:
                 opened, _, account = timed_calls(timer, svc[name], cold.name, gap)
@@ -269,6 +322,17 @@ def pam_table(rounds: int, gap: float) -> list[dict]:
                 ("pam_python", "warm", "pamtester open"): lambda: pamtester(svc["python"], warm.name,
                                                                             "open_session"),
                 ("pam_python", "cold, 0 autostart services", "pamtester open"): lambda: cold_login("python"),
+                ("floor", "pam_permit only", "pamtester open"): lambda: pamtester(svc["none"], warm.name,
+                                                                                 "open_session"),
+                ("native", "warm", "pamtester open"): lambda: pamtester(svc["native"], warm.name, "open_session"),
+                ("native", "cold, 0 autostart services", "pamtester open"): cold_native_login,
+                ("native", "booster absent", "pamtester open"): lambda: pamtester(svc["native absent"], warm.name,
+                                                                                  "open_session"),
+                ("native", "a C stand-in answering at once", "pamtester open"): lambda: pamtester(
+                    svc["native stand-in"], warm.name, "open_session"),
+                ("booster", "cold, 0 autostart services", "connect -> READY"): lambda: cold_open(b, cold.name),
+                ("floor", "sshd without our line", "ssh true"): lambda: ssh_true(sshd["none"], warm.name),
+                ("native", "warm", "ssh true"): lambda: ssh_true(sshd["native"], warm.name),
                 # inside one application (bench/pam_timer.c): the calls themselves
                 # after pam_acct_mgmt and the gap in the same handle, as sshd does
                 ("pam_exec", f"warm, account phase {gap * 1000:g} ms before", "pam_open_session"): lambda:
@@ -279,15 +343,20 @@ def pam_table(rounds: int, gap: float) -> list[dict]:
                     warm_open_after_account("python"),
                 ("pam_python", f"cold, pre-warmed {gap * 1000:g} ms before", "pam_open_session"): lambda:
                     prewarmed_open("python"),
+                ("native", f"warm, account phase {gap * 1000:g} ms before", "pam_open_session"): lambda:
+                    warm_open_after_account("native"),
+                ("native", f"cold, pre-warmed {gap * 1000:g} ms before", "pam_open_session"): lambda:
+                    prewarmed_open("native"),
                 ("floor", "pam_python module doing nothing", "pam_acct_mgmt"): lambda: timed_calls(
                     timer, svc["floor python"], warm.name, gap)[2],
                 ("floor", "no line of ours (pam_permit)", "close + end"): lambda: close_of("none"),
                 ("floor", "pam_python module doing nothing", "close + end"): lambda: close_of("floor python"),
                 ("pam_exec", "warm", "close + end"): lambda: close_of("exec"),
                 ("pam_python", "warm", "close + end"): lambda: close_of("python"),
+                ("native", "warm", "close + end"): lambda: close_of("native"),
             }
             got = measure(cases, rounds)
-            for name, mode in (("exec", "pam_exec"), ("python", "pam_python")):
+            for name, mode in (("exec", "pam_exec"), ("python", "pam_python"), ("native", "native")):
                 # [1:]: measure() calls each case once untimed first
                 got[(mode, "pre-warm of a cold user", "pam_acct_mgmt")] = benchlib.summary(accounts[name][1:])
             for client in holders:
@@ -299,6 +368,9 @@ def pam_table(rounds: int, gap: float) -> list[dict]:
         for client in holders:
             client.disconnect()
         harness.dispose(b)
+        if stand_in is not None:
+            stand_in.kill()  # ours, by its Popen
+            stand_in.wait()
         shutil.rmtree(work, ignore_errors=True)
     return [{"table": "pam", "mode": mode, "case": case, "ops": ops, **stats}
             for (mode, case, ops), stats in got.items()]
@@ -338,7 +410,31 @@ def pam_targets(rows: list[dict]) -> list[tuple[str, float, float, bool]]:
         out.append((f"{mode} logout: close + end over {close_floor}, ms", logout, 2.0, logout <= 2.0))
         pre = med(mode, prewarmed, "pam_open_session") - med(mode, warm_after, "pam_open_session")
         out.append((f"{mode} cold open after a pre-warm - warm open, ms", pre, 2.0, pre <= 2.0))
-    return out
+    return out + native_targets(rows)
+
+
+def native_targets(rows: list[dict]) -> list[tuple[str, float, float, bool]]:
+    """(target, measured, limit, met) for the native module's targets (issue 15),
+    each over rows of the same run."""
+    def med(mode, case, ops):
+        return _median(rows, mode, case, ops)
+
+    prewarmed = next(r["case"] for r in rows if r["case"].startswith("cold, pre-warmed"))
+    warm_after = next(r["case"] for r in rows if r["case"].startswith("warm, account phase"))
+    floor = med("floor", "pam_permit only", "pamtester open")
+    warm = med("native", "warm", "pamtester open") / floor
+    cold = (med("native", "cold, 0 autostart services", "pamtester open") - floor
+            - med("booster", "cold, 0 autostart services", "connect -> READY"))
+    pre = med("native", prewarmed, "pam_open_session") - med("native", warm_after, "pam_open_session")
+    close = med("native", "warm", "close + end") - med("floor", "no line of ours (pam_permit)", "close + end")
+    ssh = med("native", "warm", "ssh true") - med("floor", "sshd without our line", "ssh true")
+    absent = med("native", "booster absent", "pamtester open") - floor
+    return [("native warm login / pam_permit floor (pamtester)", warm, 1.2, warm <= 1.2),
+            ("native cold login - floor - the booster's connect -> READY, ms", cold, 1.0, cold <= 1.0),
+            ("native cold open after a pre-warm - warm open, ms", pre, 1.0, pre <= 1.0),
+            ("native close + end over the floor's, ms", close, 0.3, close <= 0.3),
+            ("native ssh true over sshd without the line, ms", ssh, 10.0, ssh <= 10.0),
+            ("native with no booster over the floor (pamtester), ms", absent, 0.5, absent <= 0.5)]
 
 
 # --- 2. the booster's part of a cold login ------------------------------------------------------
@@ -404,11 +500,14 @@ def main() -> int:
     if args.only in (None, "pam"):
         rows = pam_table(args.rounds, args.gap_ms / 1000)
         floor = next(r["median_ms"] for r in rows if r["case"] == "pam_exec python -I -S -c pass")
+        permit = next(r["median_ms"] for r in rows if r["case"] == "pam_permit only")
         print(benchlib.table("1. PAM time (ms): pamtester's wall time, and inside one C application the calls "
-                             "themselves; ratio = median / the pam_exec python -I -S floor (pamtester rows)",
-                             ["mode", "case", "measured", "n", "median", "p95", "ratio"],
+                             "themselves; ratio = median / the pam_exec python -I -S floor, x permit = median / "
+                             "the pam_permit floor (pamtester rows)",
+                             ["mode", "case", "measured", "n", "median", "p95", "ratio", "x permit"],
                              [[r["mode"], r["case"], r["ops"], r["n"], r["median_ms"], r["p95_ms"],
-                               r["median_ms"] / floor if r["ops"] == "pamtester open" else ""] for r in rows]))
+                               r["median_ms"] / floor if r["ops"] == "pamtester open" else "",
+                               r["median_ms"] / permit if r["ops"] == "pamtester open" else ""] for r in rows]))
         targets = pam_targets(rows)
         print("\ntargets:")
         for name, value, limit, met in targets:

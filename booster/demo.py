@@ -3,11 +3,12 @@
 Starts a booster on the embedded default configuration (backend dinit where
 a dinit binary is found, else runit, since dinit is not packaged in Debian),
 creates a demo user with one autostart service, logs the user in through a
-real PAM stack (``runuser -l`` under pam_wrapper, with the in-process
-pam_python line, so no file in /etc/pam.d is touched), shows the instance and
-the service running as that user inside the login, holds the login while root
-asks the booster about it (``WHILE_HELD``: ``booster status`` and ``booster sessions``), logs out,
-shows the teardown, and removes everything it made.
+real PAM stack (``runuser -l`` under pam_wrapper, so no file in /etc/pam.d
+is touched, with the native module ``pam_booster.so`` where it is installed,
+else the in-process pam_python line), shows the instance and the service
+running as that user inside the login, holds the login while root asks the
+booster about it (``WHILE_HELD``: ``booster status`` and ``booster
+sessions``), logs out, shows the teardown, and removes everything it made.
 """
 
 from __future__ import annotations
@@ -109,8 +110,20 @@ def _dinit() -> str | None:
     return path if path and os.access(path, os.X_OK) else None
 
 
+def _session_module() -> tuple[str, str]:
+    """The session line's module and its name for the reader: the native
+    module where it is installed (bash .ci/setup installs it), else pam_python."""
+    from invoker import native
+
+    if native.installed():
+        return native.MODULE, "the native pam_booster.so"
+    return f"{PAM_PYTHON} {Path(__import__('invoker').__file__).parent / 'pam_module.py'}", "the pam_python"
+
+
 def _missing() -> list[str]:
-    need = {PAM_PYTHON: "libpam-python", RUNUSER: "util-linux"}
+    need = {RUNUSER: "util-linux"}
+    if _session_module()[0] != "pam_booster.so":
+        need[PAM_PYTHON] = "libpam-python"
     missing = [pkg for path, pkg in need.items() if not os.path.exists(path)]
     if _pam_wrapper() is None:
         missing.append("libpam-wrapper")
@@ -154,7 +167,7 @@ def main(keep: bool = False) -> int:
         return 2
     backend = "dinit" if _dinit() else "runit"
     bindir = Path(sys.executable).parent
-    booster_bin, invoker_pkg = bindir / "booster", Path(__import__("invoker").__file__).parent
+    booster_bin = bindir / "booster"
     work = Path(tempfile.mkdtemp(prefix="booster-demo-"))
     name = "bdemo" + secrets.token_hex(3)
     server = login = None
@@ -186,11 +199,12 @@ def main(keep: bool = False) -> int:
         entry = pwd.getpwnam(name)
         _autostart(backend, Path(entry.pw_dir), entry.pw_uid, entry.pw_gid)
 
-        say("logging in through a real PAM stack: runuser -l with the pam_python session line")
+        module, which = _session_module()
+        say(f"logging in through a real PAM stack: runuser -l with {which} session line")
         pamdir = work / "pam.d"
         pamdir.mkdir()
         stack = (f"auth sufficient pam_rootok.so\naccount required pam_permit.so\n"
-                 f"session optional {PAM_PYTHON} {invoker_pkg / 'pam_module.py'}\n"
+                 f"session optional {module}\n"
                  f"session required pam_permit.so\n")
         (pamdir / "runuser-l").write_text(stack)
         (pamdir / "other").write_text("".join(f"{t} required pam_deny.so\n"

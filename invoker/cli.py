@@ -1,8 +1,11 @@
 """``invoker``: the PAM side's command.
 
-* ``invoker pam-lines`` prints the PAM lines for this installation: the
-  pam_exec line runs ``invoker/pam_exec.py`` under ``python -I -S`` (the per-login
-  path; see ``invoker.hook``), the pam_python line ``invoker/pam_module.py``.
+* ``invoker pam-lines`` prints the PAM lines for this installation, of one
+  mode: the native module ``pam_booster.so`` (``invoker/pam_booster.c``), where
+  it is installed, else pam_python or pam_exec (``--mode`` chooses); the
+  pam_exec line runs ``invoker/pam_exec.py`` under ``python -I -S`` (the
+  per-login path; see ``invoker.hook``), the pam_python line
+  ``invoker/pam_module.py``.
 * ``invoker open --user NAME`` holds a session from a terminal, for debugging.
 * ``invoker`` with no subcommand is the pam_exec hook too (older PAM lines
   name this script); it pays the full interpreter start-up that the
@@ -20,7 +23,7 @@ import textwrap
 
 from common import loginenv
 from common import protocol as p
-from invoker import hook
+from invoker import hook, native
 from invoker.client import BoosterUnavailable, Client, ClientError, UntrustedServer, wait_readable
 from invoker.log import Log
 
@@ -110,28 +113,72 @@ def _tty() -> str:
 # --- PAM lines -----------------------------------------------------------------------------
 
 
-def pam_lines(socket: str, mode: str, prewarm: bool) -> str:
-    """The PAM lines for this installation, with absolute paths."""
+_UNSET = object()
+
+
+def recommended_mode(native_path, pam_python: bool) -> tuple[str, str | None]:
+    """The mode ``invoker pam-lines`` recommends on this machine, and why not
+    the native module when it is not that (None when it is)."""
+    if native_path:
+        return "native", None
+    missing = f"{native.MODULE} is not installed in {native.module_dir() or 'the PAM module directory'}"
+    if pam_python:
+        return "python", missing
+    return "exec", missing + f" and {PAM_PYTHON_SO} (libpam-python) is not there either"
+
+
+def pam_lines(socket: str, mode: str | None = None, prewarm: bool = False, *, native_path=_UNSET,
+              pam_python: bool | None = None) -> str:
+    """The PAM lines of one mode (``native``, ``exec`` or ``python``) for this
+    installation, with absolute paths; without ``mode``, of the mode this
+    machine should use.  ``native_path`` (the installed module, or None) and
+    ``pam_python`` (is pam_python.so there) say what is installed; by default
+    they are looked up."""
+    if native_path is _UNSET:
+        native_path = native.installed()
+    if pam_python is None:
+        pam_python = os.path.exists(PAM_PYTHON_SO)
+    why = None
+    if mode is None:
+        mode, why = recommended_mode(native_path, pam_python)
     package = os.path.dirname(os.path.abspath(hook.__file__))
-    exec_args = "" if socket == DEFAULT_SOCKET else f" --socket {socket}"
-    python_args = "" if socket == DEFAULT_SOCKET else f" socket={socket}"
-    exec_cmd = f"{sys.executable} -I -S {os.path.join(package, 'pam_exec.py')}{exec_args}"
-    module = f"{PAM_PYTHON_SO} {os.path.join(package, 'pam_module.py')}{python_args}"
     out = ["# dinit-booster PAM lines for this installation (printed by 'invoker pam-lines').",
            "# Add them after the other lines of their type in the PAM services whose logins",
            "# should get an instance (/etc/pam.d/common-session for all of them).",
            "# 'optional': a booster that is down never blocks a login (add --required or",
            "# required to the arguments, and use 'required', to refuse logins without one)."]
-    if mode in ("exec", "all"):
+    if why is not None:
+        text = (f"Mode {mode}, not the native module: {why} ('make -C invoker install' in the source tree "
+                f"installs it; docs/admin.md says which mode to use when).")
+        out += ["#"] + textwrap.wrap(text, 84, initial_indent="# ", subsequent_indent="# ")
+    if mode == "native":
+        args = "" if socket == DEFAULT_SOCKET else f" socket={socket}"
         out += ["",
-                "# pam_exec: any PAM application.  The booster ends the session when the PAM",
+                "# pam_booster.so (native, in-process): any PAM application; exports",
+                "# XDG_RUNTIME_DIR and DBUS_SESSION_BUS_ADDRESS to the login."]
+        if not native_path:
+            out.append(f"# Not installed yet in {native.module_dir() or 'the PAM module directory'}: "
+                       "make -C invoker install (source tree).")
+        out.append(f"session optional {native.MODULE}{args}")
+        if prewarm:
+            out += ["# Pre-warm: start the instance in the account phase (in-process: a connect",
+                    "# and a send, no waiting for the answer).",
+                    f"account optional {native.MODULE}{args}"]
+    elif mode == "exec":
+        exec_args = "" if socket == DEFAULT_SOCKET else f" --socket {socket}"
+        exec_cmd = f"{sys.executable} -I -S {os.path.join(package, 'pam_exec.py')}{exec_args}"
+        out += ["",
+                "# pam_exec: any PAM application, but it cannot export XDG_RUNTIME_DIR or the",
+                "# session bus to the login.  The booster ends the session when the PAM",
                 "# application exits, so the hook runs for open_session only.",
                 f"session optional pam_exec.so type=open_session {exec_cmd}"]
         if prewarm:
             out += ["# Pre-warm: start the instance in the account phase.  Under pam_exec it costs",
                     "# a second interpreter start per login (docs/benchmarks.md says when it pays).",
                     f"account optional pam_exec.so type=account {exec_cmd}"]
-    if mode in ("python", "all"):
+    else:
+        python_args = "" if socket == DEFAULT_SOCKET else f" socket={socket}"
+        module = f"{PAM_PYTHON_SO} {os.path.join(package, 'pam_module.py')}{python_args}"
         out += ["",
                 "# pam_python (apt install libpam-python): in-process, and exports",
                 "# XDG_RUNTIME_DIR and DBUS_SESSION_BUS_ADDRESS to the login.  Not for PAM",
@@ -192,13 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     lines = sub.add_parser(
         "pam-lines", help="print the PAM lines for this installation", formatter_class=formatter,
-        description=textwrap.fill("Print the PAM lines for this installation, with its paths, to add to the "
-                                  "PAM services whose logins should get an instance.", 78),
+        description=textwrap.fill("Print the PAM lines of one mode for this installation, with its paths, to "
+                                  "add to the PAM services whose logins should get an instance.", 78),
         epilog=_exits("0  printed", "2  usage error"))
     lines.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
                        help=f"the booster's socket (default {DEFAULT_SOCKET})")
-    lines.add_argument("--mode", choices=("exec", "python", "all"), default="all",
-                       help="pam_exec lines, pam_python lines, or both (default)")
+    lines.add_argument("--mode", choices=("native", "exec", "python"),
+                       help="the lines of this mode: the native module pam_booster.so, pam_exec or pam_python "
+                            "(default: the one this machine should use, which is native where pam_booster.so "
+                            "is installed)")
     lines.add_argument("--prewarm", action="store_true", help="add the account-phase pre-warm lines")
     lines.set_defaults(func=pam_lines_main)
 

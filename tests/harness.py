@@ -222,6 +222,37 @@ def service_procs(user: pamkit.TempUser, command: str = "/bin/sleep 1000") -> li
     return [proc for proc in pamkit.procs_of_uid(user.uid, zombies=False) if pamkit.cmdline_of(proc) == command]
 
 
+NATIVE_SRC = REPO / "invoker"
+NATIVE_BUILD = NATIVE_SRC / "build"
+NATIVE_MODULE = str(NATIVE_BUILD / "pam_booster.so")
+NATIVE_ASAN_MODULE = str(NATIVE_BUILD / "pam_booster-asan.so")
+WIRE_CHECK = str(NATIVE_BUILD / "wire_check")
+
+
+def build_native() -> None:
+    """Build the native module, its sanitized twin and the codec's test program
+    from this tree (``make -C invoker all check``; nothing to do when they are
+    up to date), so that tests and benchmarks load what the sources say."""
+    out = subprocess.run(["make", "-C", str(NATIVE_SRC), "--no-print-directory", "all", "check"],
+                         capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"building the native module failed:\n{out.stdout}\n{out.stderr}")
+
+
+def asan_runtime() -> str:
+    """The AddressSanitizer runtime a PAM application needs preloaded to load
+    the sanitized module (docs/shared PAM.md)."""
+    path = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    return os.path.realpath(path)
+
+
+def native_line(b: BoosterProc | None, *extra: str, module: str = NATIVE_MODULE, kind: str = "session") -> str:
+    """A PAM line loading this tree's build of the native module by absolute path."""
+    socket = [f"socket={b.socket}"] if b is not None else []
+    return " ".join([kind, "optional", module, *socket, *extra])
+
+
 def exec_line(b: BoosterProc, *extra: str) -> str:
     return " ".join(["optional pam_exec.so", INVOKER, "--socket", b.socket, *extra])
 

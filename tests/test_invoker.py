@@ -160,17 +160,49 @@ def test_pam_items_come_from_what_pam_exec_set_last(booster_factory, tmp_path):
 
 
 def test_pam_lines_names_this_installation():
-    out = subprocess.run([INVOKER, "pam-lines", "--prewarm", "--socket", "/run/x/s.sock"], capture_output=True,
-                         text=True, timeout=10)
-    assert out.returncode == 0
-    lines = [line for line in out.stdout.splitlines() if line and not line.startswith("#")]
-    assert lines == [
+    def rules(*args: str) -> list[str]:
+        out = subprocess.run([INVOKER, "pam-lines", "--prewarm", "--socket", "/run/x/s.sock", *args],
+                             capture_output=True, text=True, timeout=10)
+        assert out.returncode == 0, out.stderr
+        return [line for line in out.stdout.splitlines() if line and not line.startswith("#")]
+
+    assert rules("--mode", "exec") == [
         f"session optional pam_exec.so type=open_session {PYTHON} -I -S {HOOK} --socket /run/x/s.sock",
         f"account optional pam_exec.so type=account {PYTHON} -I -S {HOOK} --socket /run/x/s.sock",
+    ]
+    assert rules("--mode", "python") == [
         f"session optional {pamkit.PAM_PYTHON_SO} {PAM_MODULE} socket=/run/x/s.sock",
         f"account optional {pamkit.PAM_PYTHON_SO} {PAM_MODULE} socket=/run/x/s.sock",
     ]
+    assert rules("--mode", "native") == ["session optional pam_booster.so socket=/run/x/s.sock",
+                                         "account optional pam_booster.so socket=/run/x/s.sock"]
+    # Without --mode: the native module, which .ci/setup installs.
+    assert rules() == rules("--mode", "native")
     assert subprocess.run([INVOKER, "--version"], capture_output=True, text=True).stdout.startswith("invoker ")
+
+
+@pytest.mark.parametrize("native_path,pam_python,mode", [
+    ("/lib/security/pam_booster.so", True, "native"),
+    ("/lib/security/pam_booster.so", False, "native"),
+    (None, True, "python"),
+    (None, False, "exec"),
+])
+def test_pam_lines_recommend_one_mode_and_say_why(native_path, pam_python, mode):
+    """One mode's lines: never two session lines to paste together; a line
+    says why when it is not the native module."""
+    from invoker.cli import pam_lines
+
+    def rules(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith(("session ", "account "))]
+
+    text = pam_lines("/run/booster/control.sock", None, True, native_path=native_path, pam_python=pam_python)
+    assert len([line for line in rules(text) if line.startswith("session ")]) == 1, text
+    assert rules(text) == rules(pam_lines("/run/booster/control.sock", mode, True, native_path=native_path,
+                                          pam_python=pam_python))
+    why = [line for line in text.splitlines() if line.startswith(f"# Mode {mode}, not the native module")]
+    assert bool(why) == (mode != "native"), text
+    if mode != "native":
+        assert "pam_booster.so is not installed in" in text and "make -C invoker install" in text, text
 
 
 def test_unknown_user_is_logged_and_the_login_goes_on(booster_factory):

@@ -216,7 +216,8 @@ def test_pam_examples_are_what_invoker_pam_lines_prints():
         lines = [line.removeprefix("#") for line in text.splitlines()]
         return [line for line in lines if line.startswith(("session ", "account "))]
 
-    for mode, example in (("exec", "pam-exec.example"), ("python", "pam-python.example")):
+    for mode, example in (("exec", "pam-exec.example"), ("python", "pam-python.example"),
+                          ("native", "pam-native.example")):
         printed = pam_lines("/run/booster/control.sock", mode, prewarm=True).replace(sys.prefix, "/opt/dinit-booster")
         shipped = (SERVICE_FILES / example).read_text()
         assert rules(shipped) == rules(printed), example

@@ -1,0 +1,98 @@
+"""Write ``wire_table.h``, the C form of the wire format, from ``common.wire``.
+
+The wire format is written once, in ``common/wire.py``.  The native PAM
+module (``invoker/pam_booster.c``) and its codec (``invoker/booster_wire.c``)
+take every constant and every message's fields from the header this script
+prints, so a message type or a field added on the Python side reaches the C
+decoder at the next build, and a field kind the C codec does not know stops
+the build instead of being decoded wrongly.  ``invoker/Makefile`` runs it:
+
+    python3 invoker/gen_wire_table.py > build/wire_table.h
+"""
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # run by the Makefile: common/ is found beside invoker/
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import wire  # noqa: E402
+
+# Kinds of codes: (prefix in common.wire, name of the C table of their names or None).
+CODE_KINDS = (("MSG_", "wire_message_names"), ("ERR_", "wire_error_names"), ("END_", "wire_end_names"),
+              ("OPEN_", None), ("HELLO_", None), ("STATUS_", None))
+_INT_KINDS = {("B", False): "WIRE_U8", ("H", False): "WIRE_U16", ("I", False): "WIRE_U32",
+              ("Q", False): "WIRE_U64", ("i", True): "WIRE_I32"}
+
+
+def c_kind(field: str, kind: tuple) -> tuple[str, int]:
+    """(the C kind constant, the string limit or 0) of a field kind of ``common.wire``."""
+    if kind[0] == wire.INT:
+        fmt = kind[1].format.lstrip("<>!=@")
+        name = _INT_KINDS.get((fmt, kind[2] < 0))
+        if name is None or kind[1].format[0] != ">":
+            raise SystemExit(f"gen_wire_table: field {field!r}: integer kind {kind[1].format!r} has no C form")
+        return name, 0
+    if kind[0] == wire.STR:
+        if not 0 <= kind[1] <= 0xFFFF:
+            raise SystemExit(f"gen_wire_table: field {field!r}: string limit {kind[1]} does not fit a u16 count")
+        return "WIRE_STR", kind[1]
+    if kind[0] == wire.ENV_KIND:
+        return "WIRE_ENV", 0
+    raise SystemExit(f"gen_wire_table: field {field!r}: kind {kind!r} has no C form")
+
+
+def codes(prefix: str) -> list[tuple[str, int]]:
+    return sorted(((key, val) for key, val in vars(wire).items()
+                   if key.startswith(prefix) and key.isupper() and type(val) is int), key=lambda kv: kv[1])
+
+
+def render() -> str:
+    out = ["/* wire_table.h: the booster wire format for C, generated from common/wire.py",
+           " * by invoker/gen_wire_table.py.  Do not edit: change common/wire.py and rebuild. */",
+           "#ifndef BOOSTER_WIRE_TABLE_H", "#define BOOSTER_WIRE_TABLE_H", "",
+           f"#define WIRE_MAGIC0 0x{wire.MAGIC[0]:02x}", f"#define WIRE_MAGIC1 0x{wire.MAGIC[1]:02x}",
+           f"#define WIRE_VERSION {wire.VERSION}", f"#define WIRE_HEADER_SIZE {wire.HEADER_SIZE}",
+           f"#define WIRE_MAX_FRAME {wire.MAX_FRAME}", f"#define WIRE_MAX_PAYLOAD {wire.MAX_PAYLOAD}",
+           f"#define WIRE_MAX_ENV_ENTRIES {wire.MAX_ENV_ENTRIES}",
+           f"#define WIRE_ENV_KEY_LIMIT {wire.ENV_KEY_LIMIT}",
+           f"#define WIRE_ENV_VALUE_LIMIT {wire.ENV_VALUE_LIMIT}", ""]
+    if wire.HEADER.format != ">2sBBI" or len(wire.MAGIC) != 2:
+        raise SystemExit(f"gen_wire_table: the header {wire.HEADER.format!r} is not the one the C codec reads")
+    for prefix, _ in CODE_KINDS:
+        out += [f"#define WIRE_{key} {val}" for key, val in codes(prefix)]
+        out.append("")
+    max_fields = max(len(fields) for fields in wire.FIELDS.values())
+    out += [f"#define WIRE_MAX_FIELDS {max_fields}", "",
+            "/* Each message's field count, and each field's place in it. */"]
+    for type_, fields in sorted(wire.FIELDS.items()):
+        name = wire.code_name("MSG_", type_)
+        out.append(f"#define WIRE_FIELDS_{name} {len(fields)}")
+        out += [f"#define WIRE_FIELD_{name}_{field.upper()} {i}" for i, (field, _, _) in enumerate(fields)]
+    out += ["",
+            "/* The tables, for the codec (booster_wire.c) alone. */", "#ifdef WIRE_TABLES", ""]
+    for type_, fields in sorted(wire.FIELDS.items()):
+        name = wire.code_name("MSG_", type_)
+        out.append(f"static const struct wire_field wire_fields_{name.lower()}[] = {{")
+        for field, kind, _default in fields:
+            ckind, limit = c_kind(field, kind)
+            out.append(f'    {{ "{field}", {ckind}, {limit} }},')
+        out.append("};")
+    out += ["", "/* Indexed by the header's type byte; count 0: not a message type. */",
+            "static const struct wire_message wire_messages[256] = {"]
+    for type_ in sorted(wire.FIELDS):
+        name = wire.code_name("MSG_", type_)
+        out.append(f'    [{type_}] = {{ "{name}", {len(wire.FIELDS[type_])}, wire_fields_{name.lower()} }},')
+    out += ["};", ""]
+    for prefix, table in CODE_KINDS:
+        if table is None:
+            continue
+        out.append(f"static const struct wire_code {table}[] = {{")
+        out += [f'    {{ {val}, "{key[len(prefix):]}" }},' for key, val in codes(prefix)]
+        out += ["    { 0, NULL },", "};"]
+    out += ["", "#endif /* WIRE_TABLES */", "#endif", ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())
