@@ -1,9 +1,9 @@
 """The booster daemon: ``startup``, ``main_loop``, ``shutdown``; it owns all state.
 
 One event loop.  Signal handlers only record (``loop.add_signal_handler``);
-the loop does the work.  The state under ``state_dir`` (a lock, ``state.json``
-and one directory per user) lets a booster started after a crash find and
-clean what the previous one left before it serves.
+the loop does the work.  What outlives the booster process (the state
+directory, its lock and state file, a successor's cleanup after a crash) is
+``booster.succession``'s.
 
 The config file, ``state_dir`` and the socket's directory are the booster's
 trust anchors: it serves only when each is root's and nobody else may write
@@ -16,9 +16,7 @@ directory only at ``rundir_path`` for that uid).
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import gc
-import json
 import os
 import resource
 import signal
@@ -27,7 +25,7 @@ import time
 
 import psutil
 
-from booster import log, rundir, safefs
+from booster import log, safefs
 from booster.accounts import Account, AccountLookups, LookupStalled, UnknownUser
 from booster.backends.base import Backend
 from booster.backends.dinit import DinitBackend
@@ -39,6 +37,7 @@ from booster.peers import identify_leader, still_parent
 from booster.pool import WarmPool
 from booster.reaper import Reaper, start_time
 from booster.server import ClientConnection, Listener, Refused
+from booster.succession import StateDir, record
 from booster.users import KILL_GRACE, Session, UserInstance, UserState
 from common import protocol as p
 from common.config import Config
@@ -46,17 +45,6 @@ from common.config import Config
 # Seconds beyond stop_timeout for the whole shutdown: the KILL's grace, twice
 # (the instance, then what it left), and a second for the rest.
 SHUTDOWN_MARGIN = 2 * KILL_GRACE + 1.0
-STATE_FILE = "state.json"
-LOCK_FILE = "booster.lock"
-STATE_LIMIT = 16 << 20  # bytes: a state file larger than this is not ours
-# The state file is written this long after a change, once for all the changes
-# of that moment: a login makes several, and a rename on a busy disk costs
-# milliseconds that the login would otherwise wait for.  What it records is
-# for a successor after a crash; instances die with the booster anyway
-# (parent-death signal), and their cgroups are found without it.  A runtime
-# directory is the exception: nothing else would tell a successor to remove
-# it, so it is recorded in the loop's next turn, before the login is answered.
-STATE_WRITE_DELAY = 0.05
 
 
 def make_backend(config: Config) -> Backend:
@@ -79,14 +67,11 @@ class Booster:
         self._next_session = 1
         self._stop = asyncio.Event()
         self._stop_signal: int | None = None
-        self._state_write: asyncio.TimerHandle | None = None  # the write scheduled, if any
-        self._state_closed = False
-        self._lock_fd: int | None = None
-        self._state_fd: int | None = None  # state_dir, checked once at startup
         self._ready_fd = ready_fd
         self.cgroups: CgroupTree | None = None
         self._log = log.get("booster")
         self.loop = asyncio.get_running_loop()
+        self.statedir = StateDir(config, self.loop, lambda: record(self))
         self.accounts = AccountLookups(self.loop)
         self.reaper = Reaper(self.loop)
         self.pool = WarmPool(config.pool_size, self.reaper, self.loop, on_change=self.state_changed,
@@ -96,10 +81,6 @@ class Booster:
         self.started = start_time(os.getpid())
         self.linger_store = LingerStore(config.linger_dir)
         self.lingering: set[str] = set(config.linger)
-
-    @property
-    def state_path(self) -> str:
-        return os.path.join(self.config.state_dir, "state.json")
 
     # --- startup ----------------------------------------------------------------------
 
@@ -114,9 +95,9 @@ class Booster:
         self._take_lock()
         self.cgroups = CgroupTree.discover(self.config.cgroup, self.config.state_dir)
         self.pool.cgroups = self.cgroups
-        await self._clean_previous()
+        await self.statedir.clean_previous(self.cgroups, self.backend)
         try:
-            self.backend.setup(self._state_fd, self.config.state_dir)
+            self.backend.setup(self.statedir.fd, self.config.state_dir)
         except OSError as exc:
             raise StartupError(f"cannot write the {self.backend.name} backend's files in {self.config.state_dir}: "
                                f"{exc.strerror or exc}") from None
@@ -165,7 +146,7 @@ class Booster:
         try:
             if self.config_path is not None:
                 safefs.check_root_file(self.config_path)
-            self._state_fd = safefs.check_root_dir(config.state_dir, create_mode=0o755)
+            self.statedir.open()
             os.close(safefs.check_root_dir(os.path.dirname(config.socket), create_mode=0o755))
         except safefs.UnsafePath as exc:
             raise StartupError(f"untrusted path: {exc}") from None
@@ -186,14 +167,8 @@ class Booster:
                               max_connections=self.config.max_connections)
 
     def _take_lock(self) -> None:
-        fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644,
-                     dir_fd=self._state_fd)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StartupError(f"another booster is running with state_dir {self.config.state_dir}") from None
-        self._lock_fd = fd
+        if not self.statedir.take_lock():
+            raise StartupError(f"another booster is running with state_dir {self.config.state_dir}")
 
     def _notify_ready(self) -> None:
         """Tell a supervisor we serve: dinit's ready fd, or systemd's NOTIFY_SOCKET."""
@@ -213,106 +188,14 @@ class Booster:
                 except OSError as exc:
                     self._log.warning("cannot notify systemd", error=exc.strerror)
 
-    def _read_previous(self) -> dict | None:
-        """The previous booster's state file, or None when there is none or it is
-        not a state file of root's."""
-        try:
-            raw = safefs.read_root_file(self._state_fd, STATE_FILE, STATE_LIMIT)
-            old = None if raw is None else json.loads(raw)
-        except (OSError, ValueError) as exc:
-            self._log.warning("unreadable state file ignored", path=self.state_path, error=str(exc))
-            return None
-        if old is not None and not isinstance(old, dict):
-            self._log.warning("state file ignored: not a state file", path=self.state_path)
-            return None
-        return old
-
-    async def _clean_previous(self) -> None:
-        """End what a booster that died left behind: processes, runtime
-        directories, per-user directories, its state file.  Only what the
-        records and the live system both confirm is touched."""
-        old = self._read_previous()
-        killed = []
-        if old:
-            for entry in _records(old, "instances") + _records(old, "warm"):
-                pid, started, uid = entry.get("pid"), entry.get("started"), entry.get("uid", 0)
-                if _same_process(pid, started, uid):
-                    killed += _kill_tree(pid)
-        if self.cgroups is not None:
-            for path in self.cgroups.leftovers():
-                if self.cgroups.populated(path):
-                    killed += self.cgroups.pids(path)
-                    self.cgroups.kill(path)
-                    await self.cgroups.wait_empty(path, KILL_GRACE, self.loop)
-                self.cgroups.remove(path)
-        removed = []
-        for entry in _records(old or {}, "instances"):
-            path, uid, gid = entry.get("rundir"), entry.get("uid"), entry.get("gid")
-            if not path:
-                continue
-            if not _int(uid) or path != _rundir_of(self.config.rundir_path, uid, gid):
-                self._log.warning("runtime directory in the state file left alone: not rundir_path of its user",
-                                  path=str(path), uid=uid)
-                continue
-            if os.path.lexists(path):
-                rundir.remove(path, uid)
-                removed.append(path)
-        self._remove_generated()
-        if old is not None or killed or removed:
-            self._log.warning("cleaned up after a previous booster", previous_pid=old.get("pid") if old else None,
-                              killed=killed, removed=removed)
-        safefs.unlink_at(self._state_fd, STATE_FILE)
-
-    def _remove_generated(self) -> None:
-        """What the backend shares among instances, and the per-user directories
-        (``users/``) versions before 2026-11-30 made for runit instances."""
-        for name in ("users", self.backend.shared_dir):
-            if name is None:
-                continue
-            path = os.path.join(self.config.state_dir, name)
-            try:
-                safefs.remove_at(self._state_fd, name, path)
-            except OSError as exc:
-                self._log.warning("cannot remove a generated directory", path=path, error=exc.strerror or str(exc))
-
     # --- state file ------------------------------------------------------------------
 
     def state_changed(self, now: bool = False) -> None:
-        """Record a change in the state file: within STATE_WRITE_DELAY, or (``now``)
-        in the loop's next turn, for what a successor could not find without it.
-        Either way one write serves every change made meanwhile."""
-        if self._state_write is not None:
-            if not now or self._state_write.when() <= self.loop.time():
-                return
-            self._state_write.cancel()  # a delayed write becomes an immediate one
-        delay = 0.0 if now else STATE_WRITE_DELAY
-        self._state_write = self.loop.call_later(delay, self.write_state)
+        """Record a change in the state file (``succession.StateDir.changed``)."""
+        self.statedir.changed(now)
 
     def write_state(self) -> None:
-        if self._state_write is not None:
-            self._state_write.cancel()  # this write covers what it was for
-            self._state_write = None
-        if self._state_closed or self._state_fd is None:
-            return  # not started, or shut down: the file is gone for good
-        instances = []
-        for user in self.users.values():
-            if user.process is None and not user.managed_rundir:
-                continue  # nothing of it for a successor to clean (a failed user's record, say)
-            proc = user.process
-            instances.append({
-                "uid": user.account.uid, "gid": user.account.gid, "user": user.account.name,
-                "state": user.state.value,
-                "pid": proc.pid if proc else None, "started": proc.create_time if proc else None,
-                "rundir": user.managed_rundir,
-            })
-        warm = [{"pid": child.pid, "started": child.started} for child in self.pool.children()]
-        state = {"pid": os.getpid(), "started": self.started, "backend": self.backend.name,
-                 "cgroup": self.cgroups.base if self.cgroups else None,
-                 "instances": instances, "warm": warm}
-        try:
-            safefs.replace_file_at(self._state_fd, STATE_FILE, json.dumps(state, indent=1).encode(), 0o644)
-        except OSError as exc:
-            self._log.error("cannot write the state file", path=self.state_path, error=exc.strerror)
+        self.statedir.write()
 
     # --- connections and sessions ---------------------------------------------------------
 
@@ -552,75 +435,14 @@ class Booster:
             self.leaders.close()
         self.reaper.reap()
         self.reaper.stop()
-        self._state_closed = True
-        safefs.unlink_at(self._state_fd, STATE_FILE)
-        self._remove_generated()
+        self.statedir.close(self.backend)
         if self.cgroups is not None:
             self.cgroups.remove(self.cgroups.base)
         self._release_lock()
         self._log.info("stopped", seconds=round(time.monotonic() - started, 3))
 
     def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            safefs.unlink_at(self._state_fd, LOCK_FILE)
-            os.close(self._lock_fd)
-            self._lock_fd = None
-        if self._state_fd is not None:
-            os.close(self._state_fd)
-            self._state_fd = None
-            try:
-                os.rmdir(self.config.state_dir)
-            except OSError:
-                pass  # not empty (another booster's, or the admin's files): leave it
-
-
-def _records(state: dict, key: str) -> list[dict]:
-    entries = state.get(key)
-    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
-
-
-def _int(value) -> bool:
-    return type(value) is int and value >= 0
-
-
-def _rundir_of(pattern: str, uid: int, gid) -> str | None:
-    """``rundir_path`` for that user, or None when it needs a gid the record lacks."""
-    if not _int(gid):
-        if "%g" in pattern.replace("%%", ""):
-            return None
-        gid = 0
-    return rundir.expand(pattern, uid, gid)
-
-
-def _same_process(pid, started, uid) -> bool:
-    """Is ``pid`` still the process recorded (same start time, same real uid), and
-    running?  An exited one waiting for pid 1 to reap it needs no killing."""
-    if not _int(pid) or pid <= 1 or not _int(uid) or type(started) not in (int, float):
-        return False
-    if start_time(pid) != started:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        return proc.uids().real == uid and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _kill_tree(pid: int) -> list[int]:
-    try:
-        root = psutil.Process(pid)
-        procs = root.children(recursive=True) + [root]
-    except psutil.Error:
-        return []
-    killed = []
-    for proc in procs:
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:  # exited already: only its reaping is left
-                proc.kill()
-                killed.append(proc.pid)
-        except psutil.Error:
-            pass
-    return killed
+        self.statedir.release()
 
 
 async def serve(config: Config, ready_fd: int | None = None, report_failure=None,

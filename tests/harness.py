@@ -168,8 +168,8 @@ class BoosterProc:
 
     def state_file(self) -> dict:
         """The booster's state file, once what just changed has been written
-        (it writes booster.daemon.STATE_WRITE_DELAY after a change)."""
-        from booster.daemon import STATE_WRITE_DELAY
+        (it writes booster.succession.STATE_WRITE_DELAY after a change)."""
+        from booster.succession import STATE_WRITE_DELAY
 
         time.sleep(4 * STATE_WRITE_DELAY)
         return json.loads(Path(self.state_dir, "state.json").read_text())
