@@ -17,9 +17,7 @@ from typing import Callable
 import psutil
 
 from booster import log
-from booster.spawn import _prctl
-
-_PR_SET_CHILD_SUBREAPER = 36
+from booster.prctl import PR_SET_CHILD_SUBREAPER, prctl
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -59,7 +57,7 @@ class Reaper:
         self._log = log.get("reaper")
 
     def start(self) -> None:
-        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
         self._loop.add_signal_handler(signal.SIGCHLD, self.reap)
 
     def stop(self) -> None:
