@@ -47,7 +47,7 @@ ENV_VALUE_LIMIT = 4095
 
 # --- codes -----------------------------------------------------------------------------
 # Each kind has its prefix; common.protocol gathers them by it (ErrorCode,
-# EndReason, OpenFlags, HelloFlags, StatusFlags, MessageType).
+# EndReason, OpenFlags, HelloFlags, StatusFlags, ReexecFlags, MessageType).
 
 # Message types (the header's type byte).
 MSG_HELLO = 1
@@ -65,6 +65,7 @@ MSG_PREWARM = 12
 MSG_TERMINATE = 13
 MSG_LINGER = 14
 MSG_ACK = 15
+MSG_REEXEC = 24
 
 # Reason codes carried by ERROR frames (u16).
 ERR_MALFORMED = 1            # the frame could not be decoded
@@ -79,6 +80,7 @@ ERR_SHUTTING_DOWN = 9
 ERR_INTERNAL = 10
 ERR_LIMIT_REACHED = 11       # too many connections or sessions
 ERR_LEADER_UNKNOWN = 12      # the session leader process cannot be identified
+ERR_REEXEC_REFUSED = 13      # the new code or the config failed its check, or no quiet moment came
 
 # Why the booster ended a session that was bound to a connection (ENDED, u16).
 END_CLOSED = 1           # closed by a close-session request on another connection
@@ -98,6 +100,9 @@ HELLO_PEER_VISIBLE = 1  # the booster can see the client's process (same or chil
 # Flags of STATUS_ENTRY (u32).
 STATUS_LINGER = 1     # the instance stays without sessions (booster linger)
 STATUS_PREWARMED = 2  # started by a pre-warm that no session has claimed yet
+
+# Flags of REEXEC (u32).
+REEXEC_CHECK_ONLY = 1  # check the installed code and the config, do not exec
 
 
 def code_name(prefix: str, value: int) -> str:
@@ -296,9 +301,13 @@ FIELDS = {
     MSG_TERMINATE: (("user", string(256), REQUIRED),),
     # Keep (enable 1) or stop keeping (0) user's instance without sessions (root only).
     MSG_LINGER: (("user", string(256), REQUIRED), ("enable", U8, REQUIRED)),
-    # The answer to PREWARM, TERMINATE and LINGER: done; value and text say
-    # what was done (docs/protocol.md gives each request's meaning).
+    # The answer to PREWARM, TERMINATE, LINGER and REEXEC: done; value and text
+    # say what was done (docs/protocol.md gives each request's meaning).
     MSG_ACK: (("value", U32, 0), ("text", string(1024), "")),
+    # Hand the booster over to the installed code in place, same pid, keeping
+    # every session, instance and connection (root only); flags are REEXEC_*.
+    # ACK comes from the new code once it serves; ERROR REEXEC_REFUSED says why not.
+    MSG_REEXEC: (("flags", U32, 0),),
 }
 
 

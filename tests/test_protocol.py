@@ -56,6 +56,7 @@ LAYOUT: dict[type, tuple[int, list[tuple[str, object]]]] = {
     p.Terminate: (13, [("user", 256)]),
     p.Linger: (14, [("user", 256), ("enable", "u8")]),
     p.Ack: (15, [("value", "u32"), ("text", 1024)]),
+    p.Reexec: (24, [("flags", "u32")]),
 }
 ALL_TYPES = list(LAYOUT)
 
@@ -164,7 +165,7 @@ def test_messages_refuse_wrong_arguments(args, kwargs):
 def test_code_names_are_for_logs():
     assert p.ErrorCode.name(p.ErrorCode.TIMEOUT) == "TIMEOUT"
     assert p.ErrorCode.name(999) == "999"
-    assert p.MessageType.values() == list(range(1, 16))
+    assert p.MessageType.values() == list(range(1, 16)) + [24]
 
 
 # --- round trips ---------------------------------------------------------------------------------
@@ -600,6 +601,7 @@ LEGAL = {
     (State.IDLE, C, T.PREWARM): State.REQUEST,
     (State.IDLE, C, T.TERMINATE): State.REQUEST,
     (State.IDLE, C, T.LINGER): State.REQUEST,
+    (State.IDLE, C, T.REEXEC): State.REQUEST,
     (State.REQUEST, S, T.ACK): State.DONE,
 }
 
@@ -620,6 +622,7 @@ SAMPLE = {
     T.TERMINATE: p.Terminate(user="alice"),
     T.LINGER: p.Linger(user="alice", enable=1),
     T.ACK: p.Ack(value=1, text="started"),
+    T.REEXEC: p.Reexec(flags=0),
 }
 
 # A shortest way into each state (the messages, in order, each with its sender).
@@ -837,6 +840,7 @@ GOLDEN = [
     (p.Terminate(user="alice"), "4442020d00000007 0005 616c696365"),
     (p.Linger(user="alice", enable=1), "4442020e00000008 0005 616c696365 01"),
     (p.Ack(value=1, text="started"), "4442020f0000000d 00000001 0007 73746172746564"),
+    (p.Reexec(flags=p.ReexecFlags.CHECK_ONLY), "4442021800000004 00000001"),
 ]
 
 
