@@ -3,7 +3,10 @@
 One event loop.  Signal handlers only record (``loop.add_signal_handler``);
 the loop does the work.  What outlives the booster process (the state
 directory, its lock and state file, a successor's cleanup after a crash) is
-``booster.succession``'s.
+``booster.succession``'s.  A reexec (``booster.reexec``, SIGUSR2 or REEXEC)
+hands everything over to the installed code in place: ``to_handover`` here
+gathers what each part carries, and the new code's ``resume`` (instead of
+``startup``) takes it up and wires it in (``booster.handover`` is the format).
 
 The config file, ``state_dir`` and the socket's directory are the booster's
 trust anchors: it serves only when each is root's and nobody else may write
@@ -25,7 +28,7 @@ import time
 
 import psutil
 
-from booster import log, safefs
+from booster import handover, log, reexec, safefs
 from booster.accounts import Account, AccountLookups, LookupStalled, UnknownUser
 from booster.backends.base import Backend
 from booster.backends.dinit import DinitBackend
@@ -33,8 +36,9 @@ from booster.backends.runit import RunitBackend
 from booster.cgroups import CgroupTree
 from booster.leaders import make_watcher
 from booster.linger import LingerError, LingerStore
-from booster.peers import identify_leader, still_parent
+from booster.peers import identify_leader, start_ticks, still_parent
 from booster.pool import WarmPool
+from booster.pool import check as pool_check
 from booster.reaper import Reaper, start_time
 from booster.server import ClientConnection, Listener, Refused
 from booster.succession import StateDir, record
@@ -55,10 +59,41 @@ class StartupError(Exception):
     pass
 
 
+def check_startup(config: Config, config_path: str | None) -> None:
+    """What start-up checks before it changes anything, changing nothing
+    (``serve --check``): the trust anchors that exist (start-up makes the
+    missing directories, root's), the backend's program, the pool.  Raises
+    StartupError with the reason."""
+    try:
+        if config_path is not None:
+            safefs.check_root_file(config_path)
+        for path in (config.state_dir, os.path.dirname(config.socket)):
+            if os.path.lexists(path):
+                os.close(safefs.check_root_dir(path))
+        make_backend(config).check()
+        pool_check(config.instance_pam_service)
+    except safefs.UnsafePath as exc:
+        raise StartupError(f"untrusted path: {exc}") from None
+    except Exception as exc:  # BackendError, PoolError
+        raise StartupError(str(exc)) from None
+
+
 class Booster:
-    def __init__(self, config: Config, ready_fd: int | None = None, config_path: str | None = None) -> None:
+    def __init__(self, config: Config, ready_fd: int | None = None, config_path: str | None = None,
+                 invocation: reexec.Invocation | None = None, handed_over: bool = False) -> None:
         self.config = config
         self.config_path = config_path  # None: the embedded defaults
+        self.invocation = invocation or reexec.Invocation(None, ("serve",) + (
+            ("--config", config_path) if config_path else ()))
+        self.handed_over = handed_over  # started by a reexec: signals are blocked until our handlers are in
+        self.reexecuting = False        # a reexec is under way (checking, quieting)
+        self.quiescing = False          # ... and holds new connections and what clients send
+        self.activity_seen = asyncio.Event()  # a lifecycle or a connection moved: a quieting reexec looks again
+        self._reexec_report: tuple[int, str] = (0, "")  # the reexec this process came from, for its ACK
+        self._reexec_tasks: set[asyncio.Task] = set()
+        self._owned_pidfile: str | None = None  # --daemon's pidfile, ours to remove after a reexec
+        self.reexecs = 0  # how many reexecs this booster process has been through
+        self.serve_started = time.monotonic()  # when serve() began (a reexec's timings)
         self.backend = make_backend(config)
         self.users: dict[int, UserInstance] = {}
         self.sessions: dict[int, Session] = {}
@@ -84,7 +119,9 @@ class Booster:
 
     # --- startup ----------------------------------------------------------------------
 
-    async def startup(self) -> None:
+    async def startup(self, listener_fd: int | None = None) -> None:
+        """Start from nothing (``listener_fd``: a listening socket kept from a
+        reexec whose handover could not be taken in)."""
         self._check_trust_anchors()
         try:
             self.backend.check()
@@ -103,12 +140,13 @@ class Booster:
                                f"{exc.strerror or exc}") from None
         self.leaders = make_watcher(self.config.leader_watch, self.loop)
         self.reaper.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self._record_stop, sig)
-        self.loop.add_signal_handler(signal.SIGHUP, self._record_hup)
+        self._handle_signals()
         self.pool.fill()
         try:
-            self.listener.open()
+            if listener_fd is not None:
+                self.listener.adopt(socket.socket(fileno=listener_fd))
+            else:
+                self.listener.open()
         except (OSError, RuntimeError) as exc:
             raise StartupError(f"cannot listen on {self.config.socket}: {exc}") from None
         self.write_state()
@@ -124,11 +162,7 @@ class Booster:
 
     async def _start_lingering(self) -> None:
         """Lingering users' instances start with the booster (not waited for)."""
-        try:
-            self.lingering |= self.linger_store.names()
-        except (OSError, LingerError) as exc:
-            self._log.error("cannot read the linger settings; only the config's linger list applies",
-                            linger_dir=self.config.linger_dir, error=str(exc))
+        self._read_linger()
         for name in sorted(self.lingering):
             try:
                 account = await self.accounts.by_name(name)  # NSS off the event loop
@@ -137,6 +171,104 @@ class Booster:
                 continue
             self._log.info("starting a lingering user's instance", user=name)
             self.user_of(account).begin()
+
+    # --- resuming after a reexec ---------------------------------------------------------
+
+    async def resume(self, handed: handover.Handover) -> None:
+        """Start from what the booster before a reexec handed over, instead of
+        ``startup``: the same checks and set-up, then every carried part wired
+        in before the first connection is accepted.  Raises HandoverError,
+        with nothing taken up, when the handover cannot be taken in."""
+        adopted = reexec.adopt(self, handed)
+        self._check_trust_anchors()
+        try:
+            self.backend.check()
+            self.pool.check()
+        except Exception as exc:  # BackendError, PoolError
+            raise StartupError(str(exc)) from None
+        self._raise_open_files_limit()
+        self.statedir.lock_fd = adopted["lock_fd"]
+        self.cgroups = CgroupTree.discover(self.config.cgroup, self.config.state_dir)
+        self.pool.cgroups = self.cgroups
+        try:
+            self.backend.setup(self.statedir.fd, self.config.state_dir)
+        except OSError as exc:
+            raise StartupError(f"cannot write the {self.backend.name} backend's files in {self.config.state_dir}: "
+                               f"{exc.strerror or exc}") from None
+        self.leaders = make_watcher(self.config.leader_watch, self.loop)
+        self.reaper.start()
+        self._read_linger()
+        self._wire(adopted)
+        self._handle_signals()
+        self.reaper.reap()  # what exited during the exec
+        self.state_changed()  # written right before the exec: no need to wait for it here
+        gc.freeze()
+        self._log.info("serving", socket=self.config.socket, backend=self.backend.name,
+                       pool_size=self.config.pool_size, cgroup=self.cgroups.base if self.cgroups else "off",
+                       leader_watch=self.leaders.kind, after="reexec")
+        self._reexec_report = reexec.report(self, adopted)
+        for session in adopted["leaders_gone"]:
+            self._leader_exited(session)
+        await self._start_lingering()
+
+    def _wire(self, adopted: dict) -> None:
+        """Wire the adopted parts in: their exits reaped, their sockets and
+        pipes read, their lifecycles and connections running, their leaders
+        watched (a leader that exited, or whose pid now names another process,
+        is noted in ``leaders_gone``)."""
+        head = adopted["head"]
+        self._next_session = head["next_session"]
+        self.reexecs = head.get("reexecs", 0)
+        if head.get("pidfile"):
+            self.invocation.pidfile = self._owned_pidfile = head["pidfile"]
+        self.listener.adopt(adopted["listener"])
+        self.pool.watch_adopted(adopted["dismissed"])
+        for uid, user in adopted["users"].items():
+            self.users[uid] = user
+            user.linger = user.account.name in self.lingering
+        for session in adopted["sessions"]:
+            self.sessions[session.id] = session
+            session.user.sessions[session.id] = session
+            if session.leader_pid:
+                try:
+                    session.watch = self.leaders.watch(session.leader_pid, lambda s=session: self._leader_exited(s))
+                except ProcessLookupError:
+                    adopted["leaders_gone"].append(session)
+                    continue
+                # With a pidfd open on it: is the pid still the leader's, not a newer process's?
+                if session.leader_started is not None and start_ticks(session.leader_pid) != session.leader_started:
+                    session.watch.cancel()
+                    session.watch = None
+                    adopted["leaders_gone"].append(session)
+        for user in adopted["users"].values():
+            user.resume()
+        for conn in adopted["connections"]:
+            self.connections.add(conn)
+            self.listener.admission.adopt(conn.cred.uid)
+            task = self.loop.create_task(conn.run(conn.phase))
+            self._conn_tasks.add(task)
+            task.add_done_callback(self._conn_tasks.discard)
+
+    def reexec_report(self) -> tuple[int, str]:
+        """(milliseconds, words) of the reexec this process came from: REEXEC's ACK."""
+        return self._reexec_report
+
+    def _read_linger(self) -> None:
+        try:
+            self.lingering |= self.linger_store.names()
+        except (OSError, LingerError) as exc:
+            self._log.error("cannot read the linger settings; only the config's linger list applies",
+                            linger_dir=self.config.linger_dir, error=str(exc))
+
+    def _handle_signals(self) -> None:
+        """Our signal handlers (they only record); started by a reexec, the
+        signals blocked across the exec are delivered from here on."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._record_stop, sig)
+        self.loop.add_signal_handler(signal.SIGHUP, self._record_hup)
+        self.loop.add_signal_handler(signal.SIGUSR2, self._record_reexec)
+        if self.handed_over:
+            reexec.unblock_signals()
 
     def _check_trust_anchors(self) -> None:
         """Serve only from a config file, state_dir and socket directory that no
@@ -188,6 +320,43 @@ class Booster:
                 except OSError as exc:
                     self._log.warning("cannot notify systemd", error=exc.strerror)
 
+    # --- a reexec ------------------------------------------------------------------------
+
+    async def reexec(self, *, check_only: bool = False, conn: ClientConnection | None = None) -> str:
+        """Hand over to the installed code (``booster.reexec``); returns only
+        when ``check_only``, or raises ReexecRefused."""
+        return await reexec.run(self, check_only=check_only, conn=conn)
+
+    def _record_reexec(self) -> None:
+        task = self.loop.create_task(self._reexec_on_signal())
+        self._reexec_tasks.add(task)
+        task.add_done_callback(self._reexec_tasks.discard)
+
+    async def _reexec_on_signal(self) -> None:
+        try:
+            await reexec.run(self, source="SIGUSR2")
+        except reexec.ReexecRefused:
+            pass  # logged with the reason; the booster serves on
+
+    def activity(self) -> None:
+        """A lifecycle or a connection moved: a quieting reexec looks again."""
+        if self.reexecuting:
+            self.activity_seen.set()
+
+    def to_handover(self, carried: handover.Carried, conn: ClientConnection | None, times: dict,
+                    source: str) -> dict:
+        """The handover's body: every part, each through its own ``to_handover``."""
+        return {
+            "booster": {"lock_fd": carried.carry(self.statedir.lock_fd), "next_session": self._next_session,
+                        "pidfile": self.invocation.pidfile, "reexecs": self.reexecs + 1, "times": times,
+                        "source": source, "reply": conn.sock.fileno() if conn is not None else None},
+            "listener": self.listener.to_handover(carried),
+            "pool": self.pool.to_handover(carried),
+            "users": [user.to_handover(carried) for user in self.users.values()],
+            "sessions": [session.to_handover() for session in self.sessions.values()],
+            "connections": [c.to_handover(carried) for c in self.connections],
+        }
+
     # --- state file ------------------------------------------------------------------
 
     def state_changed(self, now: bool = False) -> None:
@@ -233,6 +402,7 @@ class Booster:
             if not still_parent(peer_pid, leader):
                 session.watch.cancel()
                 raise Refused(p.ErrorCode.LEADER_UNKNOWN, "the session leader changed while it was identified")
+            session.leader_started = start_ticks(leader)  # a reexec re-makes the watch: which process it was
         self._next_session += 1
         user = self.user_of(account)
         session.user = user
@@ -403,6 +573,7 @@ class Booster:
     def _record_stop(self, sig: int) -> None:
         self._stop_signal = sig
         self._stop.set()
+        self.activity()
 
     def _record_hup(self) -> None:
         self._log.info("SIGHUP ignored: restart the booster to load a changed config")
@@ -414,6 +585,10 @@ class Booster:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    async def stop_requested(self) -> None:
+        """Return once the booster is asked to stop."""
+        await self._stop.wait()
 
     async def shutdown(self) -> None:
         started = time.monotonic()
@@ -439,21 +614,57 @@ class Booster:
         if self.cgroups is not None:
             self.cgroups.remove(self.cgroups.base)
         self._release_lock()
+        self._remove_pidfile()
         self._log.info("stopped", seconds=round(time.monotonic() - started, 3))
+
+    def _remove_pidfile(self) -> None:
+        """``--daemon``'s pidfile, when a reexec left it ours (the detached
+        process that wrote it would have removed it on its way out)."""
+        path = self._owned_pidfile
+        if path is None:
+            return
+        try:
+            with open(path) as fh:
+                if fh.read(64).strip() == str(os.getpid()):
+                    os.unlink(path)
+        except OSError as exc:
+            self._log.warning("cannot remove the pidfile", path=path, error=exc.strerror)
 
     def _release_lock(self) -> None:
         self.statedir.release()
 
 
 async def serve(config: Config, ready_fd: int | None = None, report_failure=None,
-                config_path: str | None = None) -> int:
+                config_path: str | None = None, invocation: reexec.Invocation | None = None) -> int:
     """Run until stopped.  ``report_failure(reason)`` is called if it cannot
     start (``serve --daemon`` tells its waiting caller; a supervisor learns it
     from the exit before readiness).  ``config_path``: the file the config came
-    from, a trust anchor (None: the embedded defaults)."""
-    booster = Booster(config, ready_fd, config_path)
+    from, a trust anchor (None: the embedded defaults).  Started by a reexec,
+    it takes the handover in; one it cannot take in, it serves on as a booster
+    started after a crash does (``booster.handover``)."""
+    serve_started = time.monotonic()
+    listener_fd, handed, after_reexec = None, None, handover.ENV in os.environ
     try:
-        await booster.startup()
+        handed = handover.receive()
+    except handover.HandoverError as exc:
+        listener_fd = exc.listener
+        log.get("booster").error("cannot take the handover in; taking over as after a crash", reason=str(exc))
+    booster = Booster(config, ready_fd, config_path, invocation, handed_over=after_reexec)
+    booster.serve_started = serve_started
+    try:
+        if handed is not None and handed.body is not None:
+            try:
+                await booster.resume(handed)
+            except handover.HandoverError as exc:
+                booster._log.error("cannot take the handover in; taking over as after a crash", reason=str(exc))
+                await booster.startup(handed.listener)
+        elif handed is not None:
+            booster._log.error("the handover's version is not one this code reads; taking over as after a crash",
+                               version=handed.version, reads=list(handover.READS))
+            handed.fds.abandon(keep={handed.listener})
+            await booster.startup(handed.listener)
+        else:
+            await booster.startup(listener_fd)
     except StartupError as exc:
         booster._log.error("cannot start", reason=str(exc))
         if report_failure is not None:
