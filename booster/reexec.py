@@ -12,14 +12,16 @@ in this order; the exec is the last step, never the first:
    a handover version it does not read, or a change of a key a running
    booster keeps (``FIXED_KEYS``) refuses the reexec with the reason;
    nothing has changed.
-2. Quiet, within ``QUIET_TIMEOUT``: new connections wait in the listen
-   backlog, the connections read nothing more, and the booster waits until
+2. Quiet: first, still serving, the booster waits (at most
+   ``QUIET_TIMEOUT``) until no instance is half started or half stopped
+   (every lifecycle is parked: watching its instance or waiting to restart
+   it).  Then new connections wait in the listen backlog, the connections
+   read nothing more, and it waits (at most ``QUIET_TIMEOUT`` again) until
    no request is half served (every connection waits for its HELLO, its
    request or its session's end, or is being disconnected) and no instance
-   is half started or half stopped (every lifecycle is parked: watching its
-   instance or waiting to restart it).  Logins already being served finish;
-   those that arrive wait in the backlog.  No quiet moment in time: refused,
-   and everything goes on as before.
+   is half started or stopped.  Logins already being served finish; those
+   that arrive meanwhile wait in the backlog.  No quiet moment in time:
+   refused, and everything goes on as before.
 3. Exec: the handover is written (``booster.handover``; the state file too,
    for a successor should the new code not take the handover in), every
    signal is blocked (what comes meanwhile waits for the new code's
@@ -47,7 +49,7 @@ import time
 
 from booster import handover, log
 
-QUIET_TIMEOUT = 2.0     # seconds a reexec waits for no request and no start or stop to be under way
+QUIET_TIMEOUT = 2.0     # seconds a reexec waits for no start or stop to be under way; then, holding, for quiet
 CHECK_TIMEOUT = 30.0    # seconds the new code's check may take
 CHECK_OUTPUT_LIMIT = 64 << 10  # bytes of the check's output kept (its last ones)
 REASON_LIMIT = 900      # characters of a refusal's reason (an ERROR text holds 1024 bytes)
@@ -105,7 +107,7 @@ async def run(booster, *, check_only: bool = False, conn=None, source: str = "RE
         if check_only:
             _log().info("reexec check passed", milliseconds=_ms(times["checked"] - times["requested"]))
             return found + "; nothing else done"
-        await quiet(booster)
+        await quiet(booster, times)
         times["quiet"] = time.monotonic()
         execute(booster, conn, times, source)  # returns only when the exec failed
         raise AssertionError("execute returned")
@@ -235,33 +237,43 @@ def _shown(argv: list[str]) -> str:
 # --- 2. a quiet moment ----------------------------------------------------------------
 
 
-async def quiet(booster) -> None:
-    """Hold new connections and everything clients send, and wait until
-    nothing is half done; ReexecRefused (everything released) if that does not
-    come within QUIET_TIMEOUT."""
+async def quiet(booster, times: dict) -> None:
+    """First, still serving, wait (at most QUIET_TIMEOUT) until no instance is
+    half started or stopped: logins need not wait for those.  Then hold new
+    connections and everything clients send, and wait until nothing at all is
+    half done; ReexecRefused (everything released) if that does not come
+    within QUIET_TIMEOUT."""
+    await _until(booster, lambda: unsettled(booster, requests=False))
+    times["held"] = time.monotonic()
     booster.quiescing = True
     booster.listener.hold()
     for conn in booster.connections:
         conn.hold()
-    deadline = booster.loop.time() + QUIET_TIMEOUT
     try:
-        while True:
-            if booster.stopping:
-                raise ReexecRefused("the booster is stopping")
-            busy = unsettled(booster)
-            if not busy:
-                return
-            remaining = deadline - booster.loop.time()
-            if remaining <= 0:
-                raise ReexecRefused(f"no quiet moment within {QUIET_TIMEOUT:g} s: {busy}; try again")
-            booster.activity_seen.clear()
-            try:
-                await asyncio.wait_for(booster.activity_seen.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
+        busy = await _until(booster, lambda: unsettled(booster))
+        if busy:
+            raise ReexecRefused(f"no quiet moment within {QUIET_TIMEOUT:g} s: {busy}; try again")
     except BaseException:
         release(booster)
         raise
+
+
+async def _until(booster, busy) -> str:
+    """Wait until ``busy()`` says nothing (at most QUIET_TIMEOUT): what it still
+    says then.  A lifecycle or a connection that moves wakes it."""
+    deadline = booster.loop.time() + QUIET_TIMEOUT
+    while True:
+        if booster.stopping:
+            raise ReexecRefused("the booster is stopping")
+        what = busy()
+        remaining = deadline - booster.loop.time()
+        if not what or remaining <= 0:
+            return what
+        booster.activity_seen.clear()
+        try:
+            await asyncio.wait_for(booster.activity_seen.wait(), remaining)
+        except asyncio.TimeoutError:
+            pass
 
 
 def release(booster) -> None:
@@ -272,10 +284,11 @@ def release(booster) -> None:
         conn.release_hold()
 
 
-def unsettled(booster) -> str:
-    """What keeps the booster from a quiet moment, in words ("" for nothing)."""
+def unsettled(booster, requests: bool = True) -> str:
+    """What keeps the booster from a quiet moment, in words ("" for nothing):
+    instances half started or stopped, and (``requests``) requests half served."""
     users = [f"{u.account.name} ({u.state.value})" for u in booster.users.values() if not u.settled]
-    requests = sum(1 for c in booster.connections if not c.settled)
+    requests = sum(1 for c in booster.connections if not c.settled) if requests else 0
     parts = []
     if users:
         parts.append("instances starting or stopping: " + ", ".join(sorted(users)[:8])
@@ -308,7 +321,8 @@ def execute(booster, conn, times: dict, source: str) -> None:
     _log().info("reexec: executing the installed code", command=_shown(argv), users=len(body["users"]),
               sessions=len(body["sessions"]), connections=len(body["connections"]),
               warm=len(body["pool"]["children"]), descriptors=len(fds), handover_bytes=os.fstat(memfd).st_size,
-              check_ms=_ms(times["checked"] - times["requested"]), quiet_ms=_ms(times["quiet"] - times["checked"]))
+              check_ms=_ms(times["checked"] - times["requested"]), quiet_ms=_ms(times["quiet"] - times["checked"]),
+              held_ms=_ms(times["exec"] - times["held"]))
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -369,7 +383,7 @@ def adopt(booster, handed: handover.Handover) -> dict:
             if data.get("session") is not None:
                 conn.session = by_id[data["session"]]
             if conn.phase == "carrying" and conn.session is None:
-                raise ValueError("a connection carries no session")
+                raise ValueError("a connection in phase 'carrying' carries no session")
         dismissed = booster.pool.adopt(handed.section("pool"), fds)  # last: nothing after it fails
     except handover.HandoverError:
         fds.abandon(keep={handed.listener})
@@ -390,11 +404,12 @@ def report(booster, adopted: dict) -> tuple[int, str]:
     times = head.get("times") or {}
     requested, exec_at = times.get("requested", now), times.get("exec", now)
     checked = times.get("checked", requested)
+    held = times.get("held", checked)
     main_at = booster.invocation.started
     figures = {
         "total_ms": _ms(now - requested), "check_ms": _ms(checked - requested),
-        "quiet_ms": _ms(times.get("quiet", exec_at) - checked),
-        "held_ms": _ms(now - checked),  # new connections waited in the backlog this long at most
+        "quiet_ms": _ms(times.get("quiet", exec_at) - checked),  # both steps of the quiet moment
+        "held_ms": _ms(now - held),  # new connections waited in the backlog this long at most
         "exec_to_main_ms": _ms(main_at - exec_at),  # the interpreter's start, the command's imports
         "main_to_serve_ms": _ms(booster.serve_started - main_at),  # config, logging, the daemon's imports
         "resume_ms": _ms(now - booster.serve_started),  # the handover taken in and wired

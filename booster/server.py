@@ -322,7 +322,8 @@ class ClientConnection:
                 "phase": self.phase, "state": self.proto.state,
                 "hello": None if hello is None else [hello.pid, hello.pidns, hello.flags, hello.agent],
                 "partial": self.proto.decoder.pending().hex(),
-                "session": self.session.id if self.session is not None else None}
+                # A session this connection carried and that has ended is gone: not handed over.
+                "session": self.session.id if self.session is not None and not self.session.ended else None}
 
     @classmethod
     def from_handover(cls, booster, data: dict, fds) -> "ClientConnection":

@@ -139,8 +139,11 @@ class InstanceProcess:
         output = None
         if self.output_fd is not None:
             output = {"fd": fds.carry(self.output_fd), **self.output.to_handover()}
+        # Reaped already (its lifecycle has yet to see it): how it ended goes along.
+        status = self.exited.result() if self.exited.done() else None
         return {"pid": self.pid, "cgroup": self.cgroup, "argv": list(self.launch.argv), "started": self.started,
-                "create_time": self._create_time, "last_output": list(self.last_output), "output": output}
+                "create_time": self._create_time, "last_output": list(self.last_output), "output": output,
+                "exit": None if status is None else [status.code, status.signal]}
 
     @classmethod
     def from_handover(cls, data: dict, loop, fds) -> "InstanceProcess":
@@ -151,6 +154,8 @@ class InstanceProcess:
         proc.carried_output = data.get("output")
         if proc.carried_output:
             proc.output_fd = fds.take(proc.carried_output["fd"])
+        if data.get("exit") is not None:
+            proc.on_exit(ExitStatus(*data["exit"]))
         return proc
 
     def died_before_ready(self, status: ExitStatus, detail: str = "") -> str:
@@ -547,7 +552,8 @@ class UserInstance:
         ours to reap, its output ours to read, its task ours to run."""
         proc = self.process
         if proc is not None:
-            self.booster.reaper.watch(proc.pid, proc.on_exit)
+            if proc.alive:  # an exit reaped before the exec is known already; its pid may be another's now
+                self.booster.reaper.watch(proc.pid, proc.on_exit)
             if proc.output_fd is not None:
                 self._follow_output(proc.output_fd, proc, proc.carried_output)
                 proc.carried_output = None

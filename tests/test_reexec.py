@@ -38,6 +38,7 @@ import leaks
 import pamkit
 from conftest import BOOSTER, INVOKER, as_user, exec_service, install_autostart, python_line, wait_gone
 from harness import dinit_binary as harness_dinit
+from test_daemon_start import daemon_booster, daemons_of, serve_daemon  # noqa: F401 - daemon_booster: a fixture
 from booster import handover
 from common import protocol as p
 from common import wire
@@ -250,6 +251,40 @@ def test_a_reexec_keeps_every_session_instance_and_connection(booster_factory, b
         for u in (early, lingering, carried_user, late):
             wait_gone(u.uid)
     assert b.stop() == 0
+
+
+def test_connections_waiting_or_being_disconnected_are_carried_too(booster_factory):
+    """A connection whose client has not sent its HELLO, one that has had the
+    booster's HELLO and not sent its request, one that sent half a frame, and
+    one whose session has just been closed and which the booster is
+    disconnecting (its client has not closed yet): each is carried across and
+    goes on where it stood."""
+    b = booster_factory("runit", disconnect_timeout=10)
+    with pamkit.temp_user() as u:
+        install_autostart(u, "runit")
+        closing = Client(b.socket, "test-closing").connect()
+        sid, _env = closing.open_session(u.name, leader_pid=os.getpid(), flags=int(p.OpenFlags.KEEP_CONNECTION))
+        closing.end_session_here(sid)  # CLOSED; the booster now waits for our end-of-file
+        silent = socket.socket(socket.AF_UNIX)
+        silent.connect(b.socket)
+        idle = Client(b.socket, "test-idle").connect()
+        half = Client(b.socket, "test-half").connect()
+        frame = wire.encode(wire.MSG_STATUS_REQUEST, (u.name,))
+        half.sock.sendall(frame[:5])
+        out = booster(b, "reexec")
+        assert out.returncode == 0, out.stderr + b.log()[-3000:]
+        assert "cannot take the handover in" not in b.log()
+        assert "0 sessions, 5 connections" in out.stdout, out.stdout  # 4 and the reexec's own
+        # Each goes on: the half frame is completed, the idle one asks, the silent one says HELLO.
+        half.sock.sendall(frame[5:])
+        assert half._receive(time.monotonic() + 10)[0] in (wire.MSG_STATUS_ENTRY, wire.MSG_STATUS_END)
+        assert idle.status(u.name)[1] == 2  # root sees the warm children
+        silent.sendall(wire.encode(wire.MSG_HELLO, (os.getpid(), 0, 0, "test-silent")))
+        assert wire.next_frame(bytearray(silent.recv(4096)))[0] == wire.MSG_HELLO
+        for client in (closing, idle, half):
+            client.close()
+        silent.close()
+    pamkit.wait_for(lambda: b.user(u.name) is None, 15, desc="the user's instance gone")
 
 
 def test_reexec_check_only_changes_nothing(booster_factory):
@@ -540,6 +575,25 @@ def test_repeated_reexecs_leave_descriptors_and_memory_where_they_were(booster_f
         wait_gone(u.uid)
         wait_gone(v.uid)
     assert b.stop() == 0
+
+
+def test_a_daemon_keeps_its_pid_and_its_pidfile_is_removed_when_it_stops(daemon_booster):
+    """``serve --daemon --pidfile``: the reexec'd booster is the same daemon,
+    not detached again; it removes the pidfile that the detached process it
+    came from would have removed."""
+    b = daemon_booster(log_target="stderr")
+    pidfile = b.base / "booster.pid"
+    out = serve_daemon(b.config_path, pidfile)
+    assert out.returncode == 0, out.stderr
+    pid = int(pidfile.read_text())
+    out = booster(b, "reexec")
+    assert out.returncode == 0, out.stderr
+    assert daemons_of(b.config_path) == [pid] and "--daemon" not in cmdline(pid)
+    assert int(pidfile.read_text()) == pid
+    os.kill(pid, signal.SIGTERM)
+    pamkit.wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                    20, desc="the daemon gone")
+    assert not pidfile.exists() and not os.path.exists(b.socket)
 
 
 def test_a_stopping_booster_refuses_and_stops_in_order(booster_factory):
