@@ -1,8 +1,9 @@
 """``booster``: serve, status, terminate, linger, reexec, config, demo.
 
-The control commands (status, terminate, linger) find the booster's socket the
-way the booster does: ``--socket``, else the ``socket`` of ``--config``, else of
-the default config file if it exists, else the embedded default.
+The control commands (status, terminate, linger, reexec) find the booster's
+socket the way the booster does: ``--socket``, else the ``socket`` of
+``--config``, else of the default config file if it exists, else the embedded
+default.
 
 Exit codes, the same for every command: 0 done; 1 failed (the reason on
 stderr); 2 usage or configuration error (or not root where root is needed);

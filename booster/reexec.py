@@ -109,8 +109,8 @@ async def run(booster, *, check_only: bool = False, conn=None, source: str = "RE
             return found + "; nothing else done"
         await quiet(booster, times)
         times["quiet"] = time.monotonic()
-        execute(booster, conn, times, source)  # returns only when the exec failed
-        raise AssertionError("execute returned")
+        execute(booster, conn, times, source)  # this process is the new code now, or ReexecRefused
+        raise ReexecRefused("the exec did not happen")  # not reached: execve returns only with an error
     except ReexecRefused as refused:
         _log().error("reexec refused; the booster serves on", source=source, reason=str(refused))
         raise
@@ -243,7 +243,7 @@ async def quiet(booster, times: dict) -> None:
     connections and everything clients send, and wait until nothing at all is
     half done; ReexecRefused (everything released) if that does not come
     within QUIET_TIMEOUT."""
-    await _until(booster, lambda: unsettled(booster, requests=False))
+    await _until(booster, lambda: unsettled(booster, with_requests=False))
     times["held"] = time.monotonic()
     booster.quiescing = True
     booster.listener.hold()
@@ -284,11 +284,11 @@ def release(booster) -> None:
         conn.release_hold()
 
 
-def unsettled(booster, requests: bool = True) -> str:
+def unsettled(booster, with_requests: bool = True) -> str:
     """What keeps the booster from a quiet moment, in words ("" for nothing):
-    instances half started or stopped, and (``requests``) requests half served."""
+    instances half started or stopped, and (``with_requests``) requests half served."""
     users = [f"{u.account.name} ({u.state.value})" for u in booster.users.values() if not u.settled]
-    requests = sum(1 for c in booster.connections if not c.settled) if requests else 0
+    requests = sum(1 for c in booster.connections if not c.settled) if with_requests else 0
     parts = []
     if users:
         parts.append("instances starting or stopping: " + ", ".join(sorted(users)[:8])
@@ -302,8 +302,8 @@ def unsettled(booster, requests: bool = True) -> str:
 
 
 def execute(booster, conn, times: dict, source: str) -> None:
-    """Write the handover and exec the new code; returns only when the exec
-    failed (then everything is as before, and ReexecRefused says why)."""
+    """Write the handover and exec the new code.  Raises ReexecRefused when the
+    exec failed: then everything is as it was before."""
     carried = handover.Carried()
     times["exec"] = time.monotonic()
     try:
@@ -319,10 +319,10 @@ def execute(booster, conn, times: dict, source: str) -> None:
     env[handover.ENV] = str(memfd)
     fds = carried.fds + [memfd]
     _log().info("reexec: executing the installed code", command=_shown(argv), users=len(body["users"]),
-              sessions=len(body["sessions"]), connections=len(body["connections"]),
-              warm=len(body["pool"]["children"]), descriptors=len(fds), handover_bytes=os.fstat(memfd).st_size,
-              check_ms=_ms(times["checked"] - times["requested"]), quiet_ms=_ms(times["quiet"] - times["checked"]),
-              held_ms=_ms(times["exec"] - times["held"]))
+                sessions=len(body["sessions"]), connections=len(body["connections"]),
+                warm=len(body["pool"]["children"]), descriptors=len(fds), handover_bytes=os.fstat(memfd).st_size,
+                check_ms=_ms(times["checked"] - times["requested"]),
+                quiet_ms=_ms(times["quiet"] - times["checked"]), held_ms=_ms(times["exec"] - times["held"]))
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -20,6 +20,7 @@ Timings are not asserted here: bench/reexec.py measures them.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -287,6 +288,41 @@ def test_connections_waiting_or_being_disconnected_are_carried_too(booster_facto
     pamkit.wait_for(lambda: b.user(u.name) is None, 15, desc="the user's instance gone")
 
 
+def test_a_leader_that_exits_during_the_exec_ends_its_session(booster_factory, backend, user):
+    """The PAM application dies while the booster is between its old code and
+    its new: nobody watches it then, and the new code, re-watching it, finds it
+    gone and ends its session."""
+    b = booster_factory(backend)
+    with exec_service(b) as svc, pamkit.HeldSession(svc, user.name) as held:
+        assert b.user(user.name)["sessions"] == 1
+        asked = subprocess.Popen([BOOSTER, "reexec", "--socket", b.socket], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        pamkit.wait_for(lambda: "--ready-fd" not in cmdline(b.pid), 60, interval=0.001, desc="the exec")
+        held.kill(signal.SIGKILL)  # no close_session: only its death tells
+        out, err = asked.communicate(timeout=60)
+        assert asked.returncode == 0, err
+    pamkit.wait_for(lambda: b.user(user.name) is None, 15, desc="the session ended, the instance stopped")
+    assert "session ended" in b.log() and "reason=LEADER_EXITED" in b.log()
+    wait_gone(user.uid)
+
+
+def test_serve_check_says_what_a_reexec_needs_to_know(booster_factory):
+    b = booster_factory("runit", start=False)
+    out = subprocess.run([BOOSTER, "serve", "--check", "--config", str(b.config_path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    first, report = out.stdout.splitlines()
+    assert first == f"{b.config_path}: ok"
+    report = json.loads(report)
+    assert report["handover"] == [handover.HANDOVER_VERSION] and report["config"]["socket"] == b.socket
+    # It served nothing and made nothing.
+    assert not os.path.exists(b.socket) and not os.path.exists(b.state_dir)
+    b.config_path.write_text(b.config_path.read_text() + 'runsvdir_command = "/nonexistent/runsvdir"\n')
+    out = subprocess.run([BOOSTER, "serve", "--check", "--config", str(b.config_path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and "booster: cannot serve:" in out.stderr and "/nonexistent/runsvdir" in out.stderr
+
+
 def test_reexec_check_only_changes_nothing(booster_factory):
     b = booster_factory("runit")
     out = booster(b, "reexec", "--check")
@@ -357,7 +393,8 @@ def test_broken_installed_code_refuses_the_reexec(booster_factory, backend, user
         # Mended, the same reexec goes through, and runs that code.
         server.write_text(good)
         procedure = own_code / "booster" / "reexec.py"
-        procedure.write_text(procedure.read_text().replace('text = (f"reexec done in', 'text = (f"reexec (mended) done in'))
+        mended = procedure.read_text().replace('text = (f"reexec done in', 'text = (f"reexec (mended) done in')
+        procedure.write_text(mended)
         out = booster(b, "reexec")
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith("booster: reexec (mended) done in"), out.stdout
