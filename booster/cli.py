@@ -1,8 +1,9 @@
-"""``booster``: serve, status, sessions, logs, terminate, linger, config, demo.
+"""``booster``: serve, status, sessions, logs, terminate, linger, reexec, config, demo.
 
-The control commands (status, sessions, logs, terminate, linger) find the booster's socket the
-way the booster does: ``--socket``, else the ``socket`` of ``--config``, else of
-the default config file if it exists, else the embedded default.
+The control commands (status, sessions, logs, terminate, linger, reexec) find
+the booster's socket the way the booster does: ``--socket``, else the
+``socket`` of ``--config``, else of the default config file if it exists, else
+the embedded default.
 
 Exit codes, the same for every command: 0 done; 1 failed (the reason on
 stderr; also when someone other than root serves the socket: the commands
@@ -32,6 +33,10 @@ DEFAULT_SOCKET = config_mod.Config().socket
 DAEMON_START_TIMEOUT = 60.0
 # After it said why it failed: how long to wait for it (and its warm children) to be gone.
 FAILED_EXIT_TIMEOUT = 10.0
+# How long `booster reexec` waits for its answer: the new code's check, the
+# quiet moment and the new code's start are each bounded within this.
+REEXEC_TIMEOUT = 60.0
+_MAIN_STARTED: float | None = None  # when main() began: a reexec's timings start there
 
 
 def _load(path: str | None):
@@ -60,6 +65,8 @@ def _control_socket(args) -> str:
 
 
 def cmd_serve(args) -> int:
+    if args.check:
+        return _check_serving(args)
     # Absolute: the booster checks the file it read (and --daemon changes directory).
     cfg, source = _load(os.path.abspath(args.config) if args.config else None)
     _need_root("serve")
@@ -68,7 +75,22 @@ def cmd_serve(args) -> int:
     return _run(cfg, source, cfg.log_target, args.ready_fd)
 
 
-def _run(cfg, source: str, target: str, ready_fd: int | None, report_failure=None) -> int:
+def _invocation(source: str, pidfile: str | None = None):
+    """How a reexec runs this booster's code again: the console script it was
+    started as (a ``.py`` file, run as a script, would put its own directory
+    first on the module path, so then ``python -c``), and ``serve`` with the
+    config file it read."""
+    from booster.reexec import Invocation
+
+    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if not os.path.isfile(script) or script.endswith(".py"):
+        script = None
+    serve_args = ("serve", "--config", source) if source.startswith("/") else ("serve",)
+    return Invocation(script, serve_args, pidfile, _MAIN_STARTED or time.monotonic())
+
+
+def _run(cfg, source: str, target: str, ready_fd: int | None, report_failure=None,
+         pidfile: str | None = None) -> int:
     from booster import daemon, log
 
     try:
@@ -81,7 +103,36 @@ def _run(cfg, source: str, target: str, ready_fd: int | None, report_failure=Non
         return EXIT_FAILED
     log.get("booster").info("config loaded", source=source)
     # ``source`` is the absolute path of the file read, or says the defaults were used.
-    return asyncio.run(daemon.serve(cfg, ready_fd, report_failure, source if source.startswith("/") else None))
+    return asyncio.run(daemon.serve(cfg, ready_fd, report_failure, source if source.startswith("/") else None,
+                                    _invocation(source, pidfile)))
+
+
+def _check_serving(args) -> int:
+    """``serve --check``: could the installed code serve with this config?  What
+    a reexec runs first, in a child, with the new code: the config checked as
+    ``config --check`` checks it, everything the daemon and its warm children
+    run imported, the start-up checks run (trust anchors, the backend's
+    program, the pool); then one JSON line for the booster that asked."""
+    import dataclasses
+    import json
+
+    code = main(["config", "--check"] + (["--config", args.config] if args.config else []))
+    if code != EXIT_OK:
+        return code
+    cfg, source = _load(os.path.abspath(args.config) if args.config else None)
+    _need_root("serve --check")
+    from booster import daemon, handover, instance_pam, prctl, spawn  # noqa: F401 - the warm children's too
+    from booster.backends import runit_ready  # noqa: F401
+    from invoker.cli import _version
+
+    try:
+        daemon.check_startup(cfg, source if source.startswith("/") else None)
+    except daemon.StartupError as exc:
+        print(f"booster: cannot serve: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    effective = {field.name: getattr(cfg, field.name) for field in dataclasses.fields(cfg)}
+    print(json.dumps({"version": _version(), "handover": list(handover.READS), "config": effective}))
+    return EXIT_OK
 
 
 def _daemonize(cfg, source: str, args) -> int:
@@ -151,7 +202,7 @@ def _detach_and_serve(cfg, source: str, target: str, pidfile: str | None, report
         failures: list[str] = []
         with context:
             report(f"pid {os.getpid()}")
-            code = _run(cfg, source, target, ready_fd, report_failure=failures.append)
+            code = _run(cfg, source, target, ready_fd, report_failure=failures.append, pidfile=pidfile)
         # Told after the context has released the pidfile: nothing of it is left.
         for reason in failures:
             report(f"failed {reason}")
@@ -542,6 +593,32 @@ def cmd_linger(args) -> int:
     return EXIT_OK
 
 
+def cmd_reexec(args) -> int:
+    from common import protocol as p
+    from invoker.client import Client, ClientError, ConnectionLost, Refused
+
+    _need_root("reexec")
+    cfg = _load(args.config)[0]
+    client = Client(args.socket or cfg.socket, "booster-reexec")
+    flags = int(p.ReexecFlags.CHECK_ONLY) if args.check else 0
+    try:
+        client.connect(timeout=1.0)
+        _value, text = client.ask(p.MessageType.REEXEC, flags, timeout=args.timeout)
+    except Refused as exc:
+        print(f"booster: reexec refused: {exc.text}", file=sys.stderr)
+        return EXIT_FAILED
+    except ConnectionLost as exc:
+        print(f"booster: reexec: no answer from the new code ({exc}); see the booster's log", file=sys.stderr)
+        return EXIT_FAILED
+    except ClientError as exc:
+        return _client_failure(exc, args)
+    finally:
+        if client.sock is not None:
+            client.disconnect()
+    print(f"booster: {text}")
+    return EXIT_OK
+
+
 # --- config, demo -----------------------------------------------------------------------------
 
 
@@ -599,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=_text("dinit-booster: a supervised dinit (or runit) instance for every logged-in user."),
         epilog=_exits("0  done", "1  failed (the reason on stderr)",
                       "2  usage or configuration error, or not root where root is needed",
-                      "3  no booster running (status, sessions, logs, terminate, linger)"))
+                      "3  no booster running (status, sessions, logs, terminate, linger, reexec)"))
     parser.add_argument("--version", action="version", version=f"booster (dinit-booster) {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -620,6 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "cannot start")
     serve.add_argument("--pidfile", metavar="FILE",
                        help="with --daemon: write the daemon's pid to FILE (a stale one is taken over)")
+    serve.add_argument("--check", action="store_true",
+                       help="serve nothing: check that this installation could serve with this config (what "
+                            "`booster reexec` runs first), and print what it found as JSON")
     serve.set_defaults(func=cmd_serve)
 
     status = sub.add_parser(
@@ -708,6 +788,25 @@ def build_parser() -> argparse.ArgumentParser:
                              "a margin)")
     linger.set_defaults(func=cmd_linger)
 
+    reexec = sub.add_parser(
+        "reexec", help="hand the running booster over to the installed code in place, losing nothing (root)",
+        formatter_class=formatter,
+        description=_text("Upgrade the running booster in place: it checks the installed code and the config in a "
+                    "child process first (any failure refuses, and it serves on), then re-executes itself with "
+                    "the same pid, keeping its socket, every session and connection and every user's instance.  "
+                    "Logins that arrive meanwhile wait and succeed.  SIGUSR2 does the same (its refusal goes to "
+                    "the log).  The answer comes from the new code once it serves."),
+        epilog=_exits("0  done (with --check: the check passed)",
+                      "1  refused (the reason on stderr; the booster serves on as it was), or no answer",
+                      "2  usage or configuration error, or not root", "3  no booster running"))
+    reexec.add_argument("--check", action="store_true",
+                        help="only check the installed code and the config, as a reexec would; change nothing")
+    reexec.add_argument("--socket", metavar="PATH", help=_SOCKET_HELP)
+    reexec.add_argument("--config", metavar="FILE", help=_CONFIG_HELP + "; read for its socket")
+    reexec.add_argument("--timeout", type=float, default=REEXEC_TIMEOUT, metavar="SECONDS",
+                        help=f"give up after this many seconds (default {REEXEC_TIMEOUT:g})")
+    reexec.set_defaults(func=cmd_reexec)
+
     cfg = sub.add_parser(
         "config", help="print the effective configuration, or check a file", formatter_class=formatter,
         description=_text("Print the configuration the booster would run with, as TOML, or only validate it."),
@@ -728,6 +827,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    global _MAIN_STARTED
+    if _MAIN_STARTED is None:
+        _MAIN_STARTED = time.monotonic()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -735,6 +837,8 @@ def main(argv=None) -> int:
             parser.error("--pidfile needs --daemon")
         if args.ready_fd is not None and args.daemon:
             parser.error("--ready-fd is for a supervisor; with --daemon the exit status says when it serves")
+        if args.check and (args.daemon or args.ready_fd is not None):
+            parser.error("--check serves nothing: no --daemon or --ready-fd")
     return args.func(args)
 
 

@@ -1,9 +1,12 @@
 """The booster daemon: ``startup``, ``main_loop``, ``shutdown``; it owns all state.
 
 One event loop.  Signal handlers only record (``loop.add_signal_handler``);
-the loop does the work.  The state under ``state_dir`` (a lock, ``state.json``
-and one directory per user) lets a booster started after a crash find and
-clean what the previous one left before it serves.
+the loop does the work.  What outlives the booster process (the state
+directory, its lock and state file, a successor's cleanup after a crash) is
+``booster.succession``'s.  A reexec (``booster.reexec``, SIGUSR2 or REEXEC)
+hands everything over to the installed code in place: ``to_handover`` here
+gathers what each part carries, and the new code's ``resume`` (instead of
+``startup``) takes it up and wires it in (``booster.handover`` is the format).
 
 The config file, ``state_dir`` and the socket's directory are the booster's
 trust anchors: it serves only when each is root's and nobody else may write
@@ -16,9 +19,7 @@ directory only at ``rundir_path`` for that uid).
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import gc
-import json
 import os
 import resource
 import signal
@@ -27,7 +28,7 @@ import time
 
 import psutil
 
-from booster import leftovers, log, rundir, safefs
+from booster import handover, leftovers, log, reexec, rundir, safefs
 from booster.accounts import Account, AccountLookups, LookupStalled, UnknownUser, changes
 from booster.backends.base import Backend
 from booster.backends.dinit import DinitBackend
@@ -35,10 +36,12 @@ from booster.backends.runit import RunitBackend
 from booster.cgroups import CgroupTree
 from booster.leaders import make_watcher
 from booster.linger import LingerError, LingerStore
-from booster.peers import identify_leader, still_parent
+from booster.peers import identify_leader, start_ticks, still_parent
 from booster.pool import WarmPool
+from booster.pool import check as pool_check
 from booster.reaper import Reaper, start_time
 from booster.server import ClientConnection, Listener, Refused
+from booster.succession import StateDir, record
 from booster.users import KILL_GRACE, Session, UserInstance, UserState, session_kind
 from common import protocol as p
 from common.config import Config
@@ -46,17 +49,6 @@ from common.config import Config
 # Seconds beyond stop_timeout for the whole shutdown: the KILL's grace, twice
 # (the instance, then what it left), and a second for the rest.
 SHUTDOWN_MARGIN = 2 * KILL_GRACE + 1.0
-STATE_FILE = "state.json"
-LOCK_FILE = "booster.lock"
-STATE_LIMIT = 16 << 20  # bytes: a state file larger than this is not ours
-# The state file is written this long after a change, once for all the changes
-# of that moment: a login makes several, and a rename on a busy disk costs
-# milliseconds that the login would otherwise wait for.  What it records is
-# for a successor after a crash; instances die with the booster anyway
-# (parent-death signal), and their cgroups are found without it.  A runtime
-# directory is the exception: nothing else would tell a successor to remove
-# it, so it is recorded in the loop's next turn, before the login is answered.
-STATE_WRITE_DELAY = 0.05
 
 
 def make_backend(config: Config) -> Backend:
@@ -67,10 +59,41 @@ class StartupError(Exception):
     pass
 
 
+def check_startup(config: Config, config_path: str | None) -> None:
+    """What start-up checks before it changes anything, changing nothing
+    (``serve --check``): the trust anchors that exist (start-up makes the
+    missing directories, root's), the backend's program, the pool.  Raises
+    StartupError with the reason."""
+    try:
+        if config_path is not None:
+            safefs.check_root_file(config_path)
+        for path in (config.state_dir, os.path.dirname(config.socket)):
+            if os.path.lexists(path):
+                os.close(safefs.check_root_dir(path))
+        make_backend(config).check()
+        pool_check(config.instance_pam_service)
+    except safefs.UnsafePath as exc:
+        raise StartupError(f"untrusted path: {exc}") from None
+    except Exception as exc:  # BackendError, PoolError
+        raise StartupError(str(exc)) from None
+
+
 class Booster:
-    def __init__(self, config: Config, ready_fd: int | None = None, config_path: str | None = None) -> None:
+    def __init__(self, config: Config, ready_fd: int | None = None, config_path: str | None = None,
+                 invocation: reexec.Invocation | None = None, handed_over: bool = False) -> None:
         self.config = config
         self.config_path = config_path  # None: the embedded defaults
+        self.invocation = invocation or reexec.Invocation(None, ("serve",) + (
+            ("--config", config_path) if config_path else ()))
+        self.handed_over = handed_over  # started by a reexec: signals are blocked until our handlers are in
+        self.reexecuting = False        # a reexec is under way (checking, quieting)
+        self.quiescing = False          # ... and holds new connections and what clients send
+        self.activity_seen = asyncio.Event()  # a lifecycle or a connection moved: a quieting reexec looks again
+        self._reexec_report: tuple[int, str] = (0, "")  # the reexec this process came from, for its ACK
+        self._reexec_tasks: set[asyncio.Task] = set()
+        self._owned_pidfile: str | None = None  # --daemon's pidfile, ours to remove after a reexec
+        self.reexecs = 0  # how many reexecs this booster process has been through
+        self.serve_started = time.monotonic()  # when serve() began (a reexec's timings)
         self.backend = make_backend(config)
         self.users: dict[int, UserInstance] = {}
         self.sessions: dict[int, Session] = {}
@@ -79,14 +102,11 @@ class Booster:
         self._next_session = 1
         self._stop = asyncio.Event()
         self._stop_signal: int | None = None
-        self._state_write: asyncio.TimerHandle | None = None  # the write scheduled, if any
-        self._state_closed = False
-        self._lock_fd: int | None = None
-        self._state_fd: int | None = None  # state_dir, checked once at startup
         self._ready_fd = ready_fd
         self.cgroups: CgroupTree | None = None
         self._log = log.get("booster")
         self.loop = asyncio.get_running_loop()
+        self.statedir = StateDir(config, self.loop, lambda: record(self))
         self.accounts = AccountLookups(self.loop)
         self.reaper = Reaper(self.loop)
         self.pool = WarmPool(config.pool_size, self.reaper, self.loop, on_change=self.state_changed,
@@ -97,13 +117,11 @@ class Booster:
         self.linger_store = LingerStore(config.linger_dir)
         self.lingering: set[str] = set(config.linger)
 
-    @property
-    def state_path(self) -> str:
-        return os.path.join(self.config.state_dir, "state.json")
-
     # --- startup ----------------------------------------------------------------------
 
-    async def startup(self) -> None:
+    async def startup(self, listener_fd: int | None = None) -> None:
+        """Start from nothing (``listener_fd``: a listening socket kept from a
+        reexec whose handover could not be taken in)."""
         self._check_trust_anchors()
         try:
             self.backend.check()
@@ -114,20 +132,21 @@ class Booster:
         self._take_lock()
         self.cgroups = CgroupTree.discover(self.config.cgroup, self.config.state_dir)
         self.pool.cgroups = self.cgroups
-        await self._clean_previous()
+        await self.statedir.clean_previous(self.cgroups, self.backend)
         try:
-            self.backend.setup(self._state_fd, self.config.state_dir)
+            self.backend.setup(self.statedir.fd, self.config.state_dir)
         except OSError as exc:
             raise StartupError(f"cannot write the {self.backend.name} backend's files in {self.config.state_dir}: "
                                f"{exc.strerror or exc}") from None
         self.leaders = make_watcher(self.config.leader_watch, self.loop)
         self.reaper.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self._record_stop, sig)
-        self.loop.add_signal_handler(signal.SIGHUP, self._record_hup)
+        self._handle_signals()
         self.pool.fill()
         try:
-            self.listener.open()
+            if listener_fd is not None:
+                self.listener.adopt(socket.socket(fileno=listener_fd))
+            else:
+                self.listener.open()
         except (OSError, RuntimeError) as exc:
             raise StartupError(f"cannot listen on {self.config.socket}: {exc}") from None
         self.write_state()
@@ -143,11 +162,7 @@ class Booster:
 
     async def _start_lingering(self) -> None:
         """Lingering users' instances start with the booster (not waited for)."""
-        try:
-            self.lingering |= self.linger_store.names()
-        except (OSError, LingerError) as exc:
-            self._log.error("cannot read the linger settings; only the config's linger list applies",
-                            linger_dir=self.config.linger_dir, error=str(exc))
+        self._read_linger()
         for name in sorted(self.lingering):
             try:
                 account = await self.accounts.by_name(name)  # NSS off the event loop
@@ -157,6 +172,104 @@ class Booster:
             self._log.info("starting a lingering user's instance", user=name)
             self.user_of(account).begin()
 
+    # --- resuming after a reexec ---------------------------------------------------------
+
+    async def resume(self, handed: handover.Handover) -> None:
+        """Start from what the booster before a reexec handed over, instead of
+        ``startup``: the same checks and set-up, then every carried part wired
+        in before the first connection is accepted.  Raises HandoverError,
+        with nothing taken up, when the handover cannot be taken in."""
+        adopted = reexec.adopt(self, handed)
+        self._check_trust_anchors()
+        try:
+            self.backend.check()
+            self.pool.check()
+        except Exception as exc:  # BackendError, PoolError
+            raise StartupError(str(exc)) from None
+        self._raise_open_files_limit()
+        self.statedir.lock_fd = adopted["lock_fd"]
+        self.cgroups = CgroupTree.discover(self.config.cgroup, self.config.state_dir)
+        self.pool.cgroups = self.cgroups
+        try:
+            self.backend.setup(self.statedir.fd, self.config.state_dir)
+        except OSError as exc:
+            raise StartupError(f"cannot write the {self.backend.name} backend's files in {self.config.state_dir}: "
+                               f"{exc.strerror or exc}") from None
+        self.leaders = make_watcher(self.config.leader_watch, self.loop)
+        self.reaper.start()
+        self._read_linger()
+        self._wire(adopted)
+        self._handle_signals()
+        self.reaper.reap()  # what exited during the exec
+        self.state_changed()  # written right before the exec: no need to wait for it here
+        gc.freeze()
+        self._log.info("serving", socket=self.config.socket, backend=self.backend.name,
+                       pool_size=self.config.pool_size, cgroup=self.cgroups.base if self.cgroups else "off",
+                       leader_watch=self.leaders.kind, after="reexec")
+        self._reexec_report = reexec.report(self, adopted)
+        for session in adopted["leaders_gone"]:
+            self._leader_exited(session)
+        await self._start_lingering()
+
+    def _wire(self, adopted: dict) -> None:
+        """Wire the adopted parts in: their exits reaped, their sockets and
+        pipes read, their lifecycles and connections running, their leaders
+        watched (a leader that exited, or whose pid now names another process,
+        is noted in ``leaders_gone``)."""
+        head = adopted["head"]
+        self._next_session = head["next_session"]
+        self.reexecs = head.get("reexecs", 0)
+        if head.get("pidfile"):
+            self.invocation.pidfile = self._owned_pidfile = head["pidfile"]
+        self.listener.adopt(adopted["listener"])
+        self.pool.watch_adopted(adopted["dismissed"])
+        for uid, user in adopted["users"].items():
+            self.users[uid] = user
+            user.linger = user.account.name in self.lingering
+        for session in adopted["sessions"]:
+            self.sessions[session.id] = session
+            session.user.sessions[session.id] = session
+            if session.leader_pid:
+                try:
+                    session.watch = self.leaders.watch(session.leader_pid, lambda s=session: self._leader_exited(s))
+                except ProcessLookupError:
+                    adopted["leaders_gone"].append(session)
+                    continue
+                # With a pidfd open on it: is the pid still the leader's, not a newer process's?
+                if session.leader_started is not None and start_ticks(session.leader_pid) != session.leader_started:
+                    session.watch.cancel()
+                    session.watch = None
+                    adopted["leaders_gone"].append(session)
+        for user in adopted["users"].values():
+            user.resume()
+        for conn in adopted["connections"]:
+            self.connections.add(conn)
+            self.listener.admission.adopt(conn.cred.uid)
+            task = self.loop.create_task(conn.run(conn.phase))
+            self._conn_tasks.add(task)
+            task.add_done_callback(self._conn_tasks.discard)
+
+    def reexec_report(self) -> tuple[int, str]:
+        """(milliseconds, words) of the reexec this process came from: REEXEC's ACK."""
+        return self._reexec_report
+
+    def _read_linger(self) -> None:
+        try:
+            self.lingering |= self.linger_store.names()
+        except (OSError, LingerError) as exc:
+            self._log.error("cannot read the linger settings; only the config's linger list applies",
+                            linger_dir=self.config.linger_dir, error=str(exc))
+
+    def _handle_signals(self) -> None:
+        """Our signal handlers (they only record); started by a reexec, the
+        signals blocked across the exec are delivered from here on."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._record_stop, sig)
+        self.loop.add_signal_handler(signal.SIGHUP, self._record_hup)
+        self.loop.add_signal_handler(signal.SIGUSR2, self._record_reexec)
+        if self.handed_over:
+            reexec.unblock_signals()
+
     def _check_trust_anchors(self) -> None:
         """Serve only from a config file, state_dir and socket directory that no
         user can change (each root's, not group- or world-writable, on a path
@@ -165,7 +278,7 @@ class Booster:
         try:
             if self.config_path is not None:
                 safefs.check_root_file(self.config_path)
-            self._state_fd = safefs.check_root_dir(config.state_dir, create_mode=0o755)
+            self.statedir.open()
             os.close(safefs.check_root_dir(os.path.dirname(config.socket), create_mode=0o755))
         except safefs.UnsafePath as exc:
             raise StartupError(f"untrusted path: {exc}") from None
@@ -186,14 +299,8 @@ class Booster:
                               max_connections=self.config.max_connections)
 
     def _take_lock(self) -> None:
-        fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644,
-                     dir_fd=self._state_fd)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StartupError(f"another booster is running with state_dir {self.config.state_dir}") from None
-        self._lock_fd = fd
+        if not self.statedir.take_lock():
+            raise StartupError(f"another booster is running with state_dir {self.config.state_dir}")
 
     def _notify_ready(self) -> None:
         """Tell a supervisor we serve: dinit's ready fd, or systemd's NOTIFY_SOCKET."""
@@ -213,106 +320,51 @@ class Booster:
                 except OSError as exc:
                     self._log.warning("cannot notify systemd", error=exc.strerror)
 
-    def _read_previous(self) -> dict | None:
-        """The previous booster's state file, or None when there is none or it is
-        not a state file of root's."""
+    # --- a reexec ------------------------------------------------------------------------
+
+    async def reexec(self, *, check_only: bool = False, conn: ClientConnection | None = None) -> str:
+        """Hand over to the installed code (``booster.reexec``); returns only
+        when ``check_only``, or raises ReexecRefused."""
+        return await reexec.run(self, check_only=check_only, conn=conn)
+
+    def _record_reexec(self) -> None:
+        task = self.loop.create_task(self._reexec_on_signal())
+        self._reexec_tasks.add(task)
+        task.add_done_callback(self._reexec_tasks.discard)
+
+    async def _reexec_on_signal(self) -> None:
         try:
-            raw = safefs.read_root_file(self._state_fd, STATE_FILE, STATE_LIMIT)
-            old = None if raw is None else json.loads(raw)
-        except (OSError, ValueError) as exc:
-            self._log.warning("unreadable state file ignored", path=self.state_path, error=str(exc))
-            return None
-        if old is not None and not isinstance(old, dict):
-            self._log.warning("state file ignored: not a state file", path=self.state_path)
-            return None
-        return old
+            await reexec.run(self, source="SIGUSR2")
+        except reexec.ReexecRefused:
+            pass  # logged with the reason; the booster serves on
 
-    async def _clean_previous(self) -> None:
-        """End what a booster that died left behind: processes, runtime
-        directories, per-user directories, its state file.  Only what the
-        records and the live system both confirm is touched."""
-        old = self._read_previous()
-        killed = []
-        if old:
-            for entry in _records(old, "instances") + _records(old, "warm"):
-                pid, started, uid = entry.get("pid"), entry.get("started"), entry.get("uid", 0)
-                if _same_process(pid, started, uid):
-                    killed += _kill_tree(pid)
-        if self.cgroups is not None:
-            for path in self.cgroups.leftovers():
-                if self.cgroups.populated(path):
-                    killed += self.cgroups.pids(path)
-                    self.cgroups.kill(path)
-                    await self.cgroups.wait_empty(path, KILL_GRACE, self.loop)
-                self.cgroups.remove(path)
-        removed = []
-        for entry in _records(old or {}, "instances"):
-            path, uid, gid = entry.get("rundir"), entry.get("uid"), entry.get("gid")
-            if not path:
-                continue
-            if not _int(uid) or path != _rundir_of(self.config.rundir_path, uid, gid):
-                self._log.warning("runtime directory in the state file left alone: not rundir_path of its user",
-                                  path=str(path), uid=uid)
-                continue
-            if os.path.lexists(path):
-                rundir.remove(path, uid)
-                removed.append(path)
-        self._remove_generated()
-        if old is not None or killed or removed:
-            self._log.warning("cleaned up after a previous booster", previous_pid=old.get("pid") if old else None,
-                              killed=killed, removed=removed)
-        safefs.unlink_at(self._state_fd, STATE_FILE)
+    def activity(self) -> None:
+        """A lifecycle or a connection moved: a quieting reexec looks again."""
+        if self.reexecuting:
+            self.activity_seen.set()
 
-    def _remove_generated(self) -> None:
-        """What the backend shares among instances, and the per-user directories
-        (``users/``) versions before 2026-11-30 made for runit instances."""
-        for name in ("users", self.backend.shared_dir):
-            if name is None:
-                continue
-            path = os.path.join(self.config.state_dir, name)
-            try:
-                safefs.remove_at(self._state_fd, name, path)
-            except OSError as exc:
-                self._log.warning("cannot remove a generated directory", path=path, error=exc.strerror or str(exc))
+    def to_handover(self, carried: handover.Carried, conn: ClientConnection | None, times: dict,
+                    source: str) -> dict:
+        """The handover's body: every part, each through its own ``to_handover``."""
+        return {
+            "booster": {"lock_fd": carried.carry(self.statedir.lock_fd), "next_session": self._next_session,
+                        "pidfile": self.invocation.pidfile, "reexecs": self.reexecs + 1, "times": times,
+                        "source": source, "reply": conn.sock.fileno() if conn is not None else None},
+            "listener": self.listener.to_handover(carried),
+            "pool": self.pool.to_handover(carried),
+            "users": [user.to_handover(carried) for user in self.users.values()],
+            "sessions": [session.to_handover() for session in self.sessions.values()],
+            "connections": [c.to_handover(carried) for c in self.connections],
+        }
 
     # --- state file ------------------------------------------------------------------
 
     def state_changed(self, now: bool = False) -> None:
-        """Record a change in the state file: within STATE_WRITE_DELAY, or (``now``)
-        in the loop's next turn, for what a successor could not find without it.
-        Either way one write serves every change made meanwhile."""
-        if self._state_write is not None:
-            if not now or self._state_write.when() <= self.loop.time():
-                return
-            self._state_write.cancel()  # a delayed write becomes an immediate one
-        delay = 0.0 if now else STATE_WRITE_DELAY
-        self._state_write = self.loop.call_later(delay, self.write_state)
+        """Record a change in the state file (``succession.StateDir.changed``)."""
+        self.statedir.changed(now)
 
     def write_state(self) -> None:
-        if self._state_write is not None:
-            self._state_write.cancel()  # this write covers what it was for
-            self._state_write = None
-        if self._state_closed or self._state_fd is None:
-            return  # not started, or shut down: the file is gone for good
-        instances = []
-        for user in self.users.values():
-            if user.process is None and not user.managed_rundir:
-                continue  # nothing of it for a successor to clean (a failed user's record, say)
-            proc = user.process
-            instances.append({
-                "uid": user.account.uid, "gid": user.account.gid, "user": user.account.name,
-                "state": user.state.value,
-                "pid": proc.pid if proc else None, "started": proc.create_time if proc else None,
-                "rundir": user.managed_rundir,
-            })
-        warm = [{"pid": child.pid, "started": child.started} for child in self.pool.children()]
-        state = {"pid": os.getpid(), "started": self.started, "backend": self.backend.name,
-                 "cgroup": self.cgroups.base if self.cgroups else None,
-                 "instances": instances, "warm": warm}
-        try:
-            safefs.replace_file_at(self._state_fd, STATE_FILE, json.dumps(state, indent=1).encode(), 0o644)
-        except OSError as exc:
-            self._log.error("cannot write the state file", path=self.state_path, error=exc.strerror)
+        self.statedir.write()
 
     # --- connections and sessions ---------------------------------------------------------
 
@@ -351,6 +403,7 @@ class Booster:
             if not still_parent(peer_pid, leader):
                 session.watch.cancel()
                 raise Refused(p.ErrorCode.LEADER_UNKNOWN, "the session leader changed while it was identified")
+            session.leader_started = start_ticks(leader)  # a reexec re-makes the watch: which process it was
         self._next_session += 1
         user = self.user_of(account)
         session.user = user
@@ -418,11 +471,11 @@ class Booster:
             changed = changes(user.account, account)
             if not changed:
                 return
-            if user.handover is None:
-                user.handover = self.loop.create_task(self._hand_over(user, account, changed))
-            await asyncio.shield(user.handover)
+            if user.takeover is None:
+                user.takeover = self.loop.create_task(self._take_over(user, account, changed))
+            await asyncio.shield(user.takeover)
 
-    async def _hand_over(self, user: UserInstance, account: Account, changed: list[str]) -> None:
+    async def _take_over(self, user: UserInstance, account: Account, changed: list[str]) -> None:
         """Stop ``user``'s instance for ``account``.  A different name is a
         different account: its sessions end (a carrying connection hears
         ACCOUNT_CHANGED).  The same name is the same account, changed: its
@@ -442,7 +495,7 @@ class Booster:
             await asyncio.wait_for(asyncio.shield(user.request_stop()),
                                    self.config.login_timeout + self.config.stop_timeout + SHUTDOWN_MARGIN)
         except asyncio.TimeoutError:
-            user.handover = None  # the next login tries again
+            user.takeover = None  # the next login tries again
             raise Refused(p.ErrorCode.START_FAILED,
                           f"the instance of {user.account.name}, the uid's previous account, did not stop") from None
         if self.users.get(account.uid) is user:
@@ -553,6 +606,7 @@ class Booster:
     def _record_stop(self, sig: int) -> None:
         self._stop_signal = sig
         self._stop.set()
+        self.activity()
 
     def _record_hup(self) -> None:
         """SIGHUP: a log file of the booster's own is opened afresh (after a
@@ -577,6 +631,10 @@ class Booster:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    async def stop_requested(self) -> None:
+        """Return once the booster is asked to stop."""
+        await self._stop.wait()
+
     async def shutdown(self) -> None:
         started = time.monotonic()
         self._stop.set()
@@ -597,86 +655,61 @@ class Booster:
             self.leaders.close()
         self.reaper.reap()
         self.reaper.stop()
-        self._state_closed = True
-        safefs.unlink_at(self._state_fd, STATE_FILE)
-        self._remove_generated()
+        self.statedir.close(self.backend)
         if self.cgroups is not None:
             self.cgroups.remove(self.cgroups.base)
         self._release_lock()
+        self._remove_pidfile()
         self._log.info("stopped", seconds=round(time.monotonic() - started, 3))
 
-    def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            safefs.unlink_at(self._state_fd, LOCK_FILE)
-            os.close(self._lock_fd)
-            self._lock_fd = None
-        if self._state_fd is not None:
-            os.close(self._state_fd)
-            self._state_fd = None
-            try:
-                os.rmdir(self.config.state_dir)
-            except OSError:
-                pass  # not empty (another booster's, or the admin's files): leave it
-
-
-def _records(state: dict, key: str) -> list[dict]:
-    entries = state.get(key)
-    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
-
-
-def _int(value) -> bool:
-    return type(value) is int and value >= 0
-
-
-def _rundir_of(pattern: str, uid: int, gid) -> str | None:
-    """``rundir_path`` for that user, or None when it needs a gid the record lacks."""
-    if not _int(gid):
-        if "%g" in pattern.replace("%%", ""):
-            return None
-        gid = 0
-    return rundir.expand(pattern, uid, gid)
-
-
-def _same_process(pid, started, uid) -> bool:
-    """Is ``pid`` still the process recorded (same start time, same real uid), and
-    running?  An exited one waiting for pid 1 to reap it needs no killing."""
-    if not _int(pid) or pid <= 1 or not _int(uid) or type(started) not in (int, float):
-        return False
-    if start_time(pid) != started:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        return proc.uids().real == uid and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _kill_tree(pid: int) -> list[int]:
-    try:
-        root = psutil.Process(pid)
-        procs = root.children(recursive=True) + [root]
-    except psutil.Error:
-        return []
-    killed = []
-    for proc in procs:
+    def _remove_pidfile(self) -> None:
+        """``--daemon``'s pidfile, when a reexec left it ours (the detached
+        process that wrote it would have removed it on its way out)."""
+        path = self._owned_pidfile
+        if path is None:
+            return
         try:
-            if proc.status() != psutil.STATUS_ZOMBIE:  # exited already: only its reaping is left
-                proc.kill()
-                killed.append(proc.pid)
-        except psutil.Error:
-            pass
-    return killed
+            with open(path) as fh:
+                if fh.read(64).strip() == str(os.getpid()):
+                    os.unlink(path)
+        except OSError as exc:
+            self._log.warning("cannot remove the pidfile", path=path, error=exc.strerror)
+
+    def _release_lock(self) -> None:
+        self.statedir.release()
 
 
 async def serve(config: Config, ready_fd: int | None = None, report_failure=None,
-                config_path: str | None = None) -> int:
+                config_path: str | None = None, invocation: reexec.Invocation | None = None) -> int:
     """Run until stopped.  ``report_failure(reason)`` is called if it cannot
     start (``serve --daemon`` tells its waiting caller; a supervisor learns it
     from the exit before readiness).  ``config_path``: the file the config came
-    from, a trust anchor (None: the embedded defaults)."""
-    booster = Booster(config, ready_fd, config_path)
+    from, a trust anchor (None: the embedded defaults).  Started by a reexec,
+    it takes the handover in; one it cannot take in, it serves on as a booster
+    started after a crash does (``booster.handover``)."""
+    serve_started = time.monotonic()
+    listener_fd, handed, after_reexec = None, None, handover.ENV in os.environ
     try:
-        await booster.startup()
+        handed = handover.receive()
+    except handover.HandoverError as exc:
+        listener_fd = exc.listener
+        log.get("booster").error("cannot take the handover in; taking over as after a crash", reason=str(exc))
+    booster = Booster(config, ready_fd, config_path, invocation, handed_over=after_reexec)
+    booster.serve_started = serve_started
+    try:
+        if handed is not None and handed.body is not None:
+            try:
+                await booster.resume(handed)
+            except handover.HandoverError as exc:
+                booster._log.error("cannot take the handover in; taking over as after a crash", reason=str(exc))
+                await booster.startup(handed.listener)
+        elif handed is not None:
+            booster._log.error("the handover's version is not one this code reads; taking over as after a crash",
+                               version=handed.version, reads=list(handover.READS))
+            handed.fds.abandon(keep={handed.listener})
+            await booster.startup(handed.listener)
+        else:
+            await booster.startup(listener_fd)
     except StartupError as exc:
         booster._log.error("cannot start", reason=str(exc))
         if report_failure is not None:

@@ -53,7 +53,8 @@ booster does not start) and before each open (a file changed since then: that
 start is refused with the reason, not retried).
 
 This module runs in the warm child, so it imports only built-in modules at
-the top; ``ctypes`` is imported when libpam is loaded (during warm-up).
+the top (and ``booster.prctl``, which the warm child has loaded already);
+``ctypes`` is imported when libpam is loaded (during warm-up).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ from __future__ import annotations
 import posix
 
 import _signal
+
+from booster.prctl import set_process_name
 
 PAM_DIRS = ("/etc/pam.d", "/usr/lib/pam.d")  # where Linux-PAM 1.5 looks, in this order
 CLOSE_TIMEOUT = 10  # seconds the closer may take to close the session
@@ -225,12 +228,10 @@ class PamSession:
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _BLOCKED_IN_CLOSER)
 
     def _closer(self, instance_pid: int, instance_fds: set[int]):
-        from booster import spawn
-
         code = 1
         try:
             posix.setsid()
-            spawn.set_process_name(b"booster-pam")
+            set_process_name(b"booster-pam")
             _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)  # a message to a gone booster must not end us
             posix.dup2(0, 1)  # fd 0 is the instance's /dev/null; 2 stays for our messages
             for fd in instance_fds:

@@ -129,3 +129,13 @@ class OutputLimiter:
         if self._read_tokens >= 0:
             return 0.0
         return -self._read_tokens / self._read_rate
+
+    def to_handover(self) -> dict:
+        """What a reexec carries: the head of a line not yet ended, and the
+        lines dropped but not yet reported (the token buckets start full)."""
+        return {"line": self._line.hex(), "cut": self._cut, "dropped": self.dropped}
+
+    def take_handover(self, data: dict) -> None:
+        self._line = bytearray(bytes.fromhex(data.get("line", ""))[:self.line_limit])
+        self._cut = bool(data.get("cut"))
+        self.dropped = int(data.get("dropped", 0))

@@ -77,3 +77,15 @@ def still_parent(child: int, parent: int) -> bool:
         return parent_of(child) == parent
     except (FileNotFoundError, KeyError, ValueError):
         return False
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (/proc/PID/stat, field
+    22): with the pid, it tells a process from a later one given the same
+    number.  None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        return int(data.rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -22,6 +22,11 @@ and its copy of the booster's memory lasts only until the exec.  With an
 ``instance_pam_service`` it would not: the child forks the process that holds
 the instance's PAM session, which lives as long as the instance, so there an
 empty pool starts a fresh interpreter for the login too.
+
+A reexec carries the warm children across (they stay the booster's
+children).  A warm child runs the code it was started with: the new code
+keeps those whose code (``code_stamp``) and instance PAM service are its own,
+and dismisses the others (end-of-file: they exit) and refills.
 """
 
 from __future__ import annotations
@@ -63,14 +68,42 @@ class PoolError(Exception):
     """The pool cannot start warm children here (found at startup)."""
 
 
+# What a warm child runs: these modules, read when it starts.
+_CHILD_MODULES = ("spawn.py", "prctl.py", "instance_pam.py")
+
+
+def code_stamp() -> str:
+    """The size and modification time of each module a warm child runs: a
+    reinstall changes it."""
+    parts = []
+    for name in _CHILD_MODULES:
+        try:
+            st = os.stat(os.path.join(PACKAGE_ROOT, "booster", name))
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append("-")
+    return ",".join(parts)
+
+
 class WarmChild:
     """A warm child waiting for its order; ``sock`` is the booster's end;
-    ``cgroup`` the cgroup it moves itself into (None without cgroups)."""
+    ``cgroup`` the cgroup it moves itself into (None without cgroups);
+    ``code`` the ``code_stamp`` of when it started."""
 
-    __slots__ = ("pid", "sock", "cgroup", "_started")
+    __slots__ = ("pid", "sock", "cgroup", "_started", "code")
 
-    def __init__(self, pid: int, sock: socket.socket, cgroup: str | None) -> None:
-        self.pid, self.sock, self.cgroup, self._started = pid, sock, cgroup, None
+    def __init__(self, pid: int, sock: socket.socket, cgroup: str | None, code: str = "") -> None:
+        self.pid, self.sock, self.cgroup, self._started, self.code = pid, sock, cgroup, None, code
+
+    def to_handover(self, fds) -> dict:
+        return {"pid": self.pid, "fd": fds.carry(self.sock.fileno()), "cgroup": self.cgroup,
+                "started": self._started, "code": self.code}
+
+    @classmethod
+    def from_handover(cls, data: dict, fds) -> "WarmChild":
+        child = cls(data["pid"], fds.take_socket(data["fd"]), data["cgroup"], data.get("code", ""))
+        child._started = data.get("started")
+        return child
 
     @property
     def started(self) -> float | None:
@@ -93,7 +126,7 @@ def start_child(booster_pid: int, cgroup_base: str | None = None, pam_service: s
         raise
     finally:
         theirs.close()
-    return WarmChild(pid, ours, cgroups.instance_path(cgroup_base, pid) if cgroup_base else None)
+    return WarmChild(pid, ours, cgroups.instance_path(cgroup_base, pid) if cgroup_base else None, code_stamp())
 
 
 def fork_child(booster_pid: int, cgroup_base: str | None = None) -> WarmChild:
@@ -129,6 +162,19 @@ def _forked_child(order_fd: int, booster_pid: int, cgroup_base: str | None):
     os._exit(EXIT_SETUP)  # warm_child_main execs or exits; never here
 
 
+def check(pam_service: str) -> None:
+    """Raise PoolError (at startup) when no warm child could do its work."""
+    if not sys.executable or not os.access(sys.executable, os.X_OK):
+        raise PoolError(f"cannot start warm children: no interpreter at {sys.executable!r}")
+    if pam_service:
+        from booster import instance_pam
+
+        try:
+            instance_pam.check_stack(pam_service)
+        except instance_pam.PamError as exc:
+            raise PoolError(f"config key 'instance_pam_service': {exc}") from None
+
+
 class WarmPool:
     def __init__(self, size: int, reaper: Reaper, loop, on_change=None, pam_service: str = "") -> None:
         self.size = size
@@ -156,15 +202,41 @@ class WarmPool:
 
     def check(self) -> None:
         """Raise PoolError (at startup) when no warm child could do its work."""
-        if not sys.executable or not os.access(sys.executable, os.X_OK):
-            raise PoolError(f"cannot start warm children: no interpreter at {sys.executable!r}")
-        if self.pam_service:
-            from booster import instance_pam
+        check(self.pam_service)
 
-            try:
-                instance_pam.check_stack(self.pam_service)
-            except instance_pam.PamError as exc:
-                raise PoolError(f"config key 'instance_pam_service': {exc}") from None
+    def to_handover(self, fds) -> dict:
+        return {"pam_service": self.pam_service, "children": [c.to_handover(fds) for c in self._ready]}
+
+    def adopt(self, data: dict, fds) -> list[WarmChild]:
+        """Take up the warm children a reexec handed over (``from_handover``
+        each), and the ones that run other code than ours, or for another
+        instance PAM service, or beyond ``pool_size``, are dismissed.  Returns
+        the dismissed: the caller watches for their exits once it reaps."""
+        children = [WarmChild.from_handover(c, fds) for c in data["children"]]
+        stamp, dismissed = code_stamp(), []
+        for child in children:
+            if (child.code != stamp or data.get("pam_service", "") != self.pam_service
+                    or len(self._ready) >= self.size):
+                dismissed.append(child)
+            else:
+                self._ready.append(child)
+        return dismissed
+
+    def watch_adopted(self, dismissed: list[WarmChild]) -> None:
+        """Reap the adopted warm children: those kept as ours, the dismissed
+        as they exit (closing their sockets is what dismisses them)."""
+        for child in self._ready:
+            self._reaper.watch(child.pid, lambda status, c=child: self._on_exit(c, status))
+        for child in dismissed:
+            self._reaper.watch(child.pid, lambda status, c=child: self._dismissed_exit(c))
+            child.sock.close()
+        if dismissed:
+            self._log.info("warm children of the previous code dismissed", pids=[c.pid for c in dismissed])
+        self._schedule_refill(REFILL_DELAY)
+
+    def _dismissed_exit(self, child: WarmChild) -> None:
+        if child.cgroup is not None and self.cgroups is not None:
+            self.cgroups.remove(child.cgroup)
 
     def _start(self) -> WarmChild:
         return start_child(os.getpid(), self.cgroups.base if self.cgroups else None, self.pam_service)

@@ -18,9 +18,8 @@ from typing import Callable
 import psutil
 
 from booster import log
-from booster.spawn import _prctl
+from booster.prctl import PR_SET_CHILD_SUBREAPER, prctl
 
-_PR_SET_CHILD_SUBREAPER = 36
 ADOPTED_REPORT_INTERVAL = 1.0  # seconds: orphans reaped are counted, and said at most once per interval
 
 
@@ -63,7 +62,7 @@ class Reaper:
         self._report = None  # the report's timer, while one is due
 
     def start(self) -> None:
-        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
         self._loop.add_signal_handler(signal.SIGCHLD, self.reap)
 
     def stop(self) -> None:

@@ -1,9 +1,10 @@
 """The booster's side of client connections: listen, accept, serve one request.
 
 A connection serves one request (open, close, status, sessions, logs,
-pre-warm, terminate or linger) after the handshake.  Credentials come from
-``SO_PEERCRED``; only root may open or close sessions, pre-warm, terminate or
-set linger, and a user may ask about no one but themselves.
+pre-warm, terminate, linger or reexec) after the handshake.  Credentials come
+from ``SO_PEERCRED``; only root may open or close sessions, pre-warm,
+terminate, set linger or ask for a reexec, and a user may ask about no one but
+themselves.
 A session opened with ``KEEP_CONNECTION`` stays bound to its connection: the
 connection's end-of-file ends it, and when the booster ends it the client
 gets ENDED.  A followed log streams the user's new output lines until the
@@ -15,6 +16,12 @@ login: ``Admission`` caps the connections of each non-root uid and keeps
 ``reserved_root_connections`` for root (the PAM side), a non-root peer gets
 ``client_idle_timeout`` for its HELLO and again for its request, and the
 accept loop takes a bounded batch per wake-up.
+
+A reexec carries the listening socket and every connection that waits (for
+its HELLO, for its request, or carrying a session) or is being disconnected
+across the exec: each says which (``phase``), and the new code's connection
+takes up its socket, its protocol state and any partial frame where the old
+one stood (``to_handover`` / ``from_handover``).
 """
 
 from __future__ import annotations
@@ -81,6 +88,13 @@ class Admission:
         self.total += 1
         return None
 
+    def adopt(self, uid: int) -> None:
+        """Count a connection handed over by a reexec: it is here, whatever the limits say now."""
+        if uid != 0:
+            self.shared += 1
+        self.by_uid[uid] += 1
+        self.total += 1
+
     def release(self, uid: int) -> None:
         self.total -= 1
         if uid != 0:
@@ -130,6 +144,7 @@ class Listener:
         self._refusals = ThrottledLog(self._log, "connection refused")
         self._accept_errors = ThrottledLog(self._log, "accept failed")
         self._paused: asyncio.TimerHandle | None = None
+        self._held = False  # a reexec holds new connections in the backlog
 
     def open(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
@@ -146,6 +161,29 @@ class Listener:
             raise
         self.sock = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
+
+    def to_handover(self, fds) -> dict:
+        return {"fd": fds.carry(self.sock.fileno())}
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Listen on a socket handed over (a reexec's; already bound and
+        listening at ``path``): connections in its backlog are served now."""
+        sock.setblocking(False)
+        self.sock = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
+
+    def hold(self) -> None:
+        """Accept nothing for now: new connections wait in the listen backlog."""
+        if self.sock is not None and not self._held:
+            self._held = True
+            if self._paused is None:
+                asyncio.get_running_loop().remove_reader(self.sock.fileno())
+
+    def release_hold(self) -> None:
+        if self._held:
+            self._held = False
+            if self.sock is not None and self._paused is None:
+                asyncio.get_running_loop().add_reader(self.sock.fileno(), self._accept)
 
     def _accept(self) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -184,7 +222,7 @@ class Listener:
 
     def _resume(self) -> None:
         self._paused = None
-        if self.sock is not None:
+        if self.sock is not None and not self._held:
             asyncio.get_running_loop().add_reader(self.sock.fileno(), self._accept)
 
     def release(self, cred: PeerCred) -> None:
@@ -199,6 +237,7 @@ class Listener:
             self._paused.cancel()
             self._paused = None
         loop.remove_reader(self.sock.fileno())
+        self._held = False
         self._refusals.close()
         self._accept_errors.close()
         self.sock.close()
@@ -246,8 +285,73 @@ class ClientConnection:
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.hello: p.Hello | None = None
         self.session = None
-        self._reading = False  # our reader callback is registered with the loop
+        self._reading = False  # we read the client (our reader callback is registered, unless held)
+        self._held = booster.quiescing  # a reexec holds what the client sends in the socket
+        self.phase = "handshake"  # where it waits (PHASES_CARRIED) or "busy"
+        self.following: tuple[int, int, int] | None = None  # a followed log: (uid, next seq, lines sent)
         self._log = log.get("conn", peer_pid=self.cred.pid, peer_uid=self.cred.uid)
+
+    # --- a reexec -----------------------------------------------------------------------
+
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.booster.activity()
+
+    @property
+    def settled(self) -> bool:
+        """Can a reexec carry this connection as it is?  It waits, and nothing
+        it has read is left unanswered."""
+        if self.phase in ("closing", "reexec"):
+            return True
+        return self.phase in PHASES_WAITING and self.inbox.empty() and self._remote_error is None
+
+    def hold(self) -> None:
+        """Read nothing more from the client (a reexec is coming): what it sends
+        stays in the socket for the new code."""
+        if not self._held:
+            self._held = True
+            if self._reading:
+                self.loop.remove_reader(self.sock.fileno())
+
+    def release_hold(self) -> None:
+        if self._held:
+            self._held = False
+            if self._reading:
+                self.loop.add_reader(self.sock.fileno(), self._on_readable)
+                self._on_readable()
+
+    def to_handover(self, fds) -> dict:
+        hello = self.hello
+        return {"fd": fds.carry(self.sock.fileno()), "peer": [self.cred.pid, self.cred.uid, self.cred.gid],
+                "phase": self.phase, "state": self.proto.state,
+                "hello": None if hello is None else [hello.pid, hello.pidns, hello.flags, hello.agent],
+                "partial": self.proto.decoder.pending().hex(),
+                # A session this connection carried and that has ended is gone: not handed over.
+                "session": self.session.id if self.session is not None and not self.session.ended else None,
+                # A followed log: whose, the next line to send, how many were sent.
+                "following": list(self.following) if self.phase == "following" else None}
+
+    @classmethod
+    def from_handover(cls, booster, data: dict, fds) -> "ClientConnection":
+        """The connection ``data`` describes, not yet running (``run(phase)``);
+        its session is the caller's to attach."""
+        if data["phase"] not in PHASES_CARRIED:
+            raise ValueError(f"a connection in phase {data['phase']!r}")
+        if data["state"] not in vars(p.State).values():
+            raise ValueError(f"a connection in protocol state {data['state']!r}")
+        sock = fds.take_socket(data["fd"])
+        sock.setblocking(False)
+        conn = cls(booster, sock, PeerCred(*data["peer"]))
+        conn.phase = data["phase"]
+        conn.proto.state = data["state"]
+        if data.get("hello") is not None:
+            conn.hello = p.Hello(*data["hello"])
+        if data.get("partial"):
+            conn.proto.decoder.feed(bytes.fromhex(data["partial"]))
+        if conn.phase == "following":
+            uid, next_seq, count = data["following"]
+            conn.following = (int(uid), int(next_seq), int(count))
+        return conn
 
     # --- events from elsewhere in the booster -------------------------------------------
 
@@ -262,7 +366,7 @@ class ClientConnection:
     def _on_readable(self) -> None:
         """Read what the client sent (a reader callback: no task, no future per
         read), and queue the messages it completes."""
-        while self._reading:
+        while self._reading and not self._held:
             try:
                 data = self.sock.recv(65536)
             except (BlockingIOError, InterruptedError):
@@ -285,7 +389,8 @@ class ClientConnection:
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
-            self.loop.remove_reader(self.sock.fileno())
+            if not self._held:
+                self.loop.remove_reader(self.sock.fileno())
 
     async def _next(self, timeout: float | None):
         if not self.inbox.empty():  # already here: no waiting task, no timer
@@ -339,14 +444,23 @@ class ClientConnection:
 
     # --- the request ------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, phase: str = "handshake") -> None:
+        """Serve the connection; ``phase``: where one handed over by a reexec stood."""
         # The client's HELLO is usually there already: read it now, then as it comes.
-        self._reading = True
-        self.loop.add_reader(self.sock.fileno(), self._on_readable)
-        self._on_readable()
+        self._reading = phase != "closing"
+        if self._reading and not self._held:
+            self.loop.add_reader(self.sock.fileno(), self._on_readable)
+            self._on_readable()
         try:
             try:
-                await self._serve()
+                if phase == "carrying":
+                    await self._carry(self.session)
+                elif phase == "reexec":
+                    await self._reexec_done()
+                elif phase == "following":
+                    await self._follow(*self.following)
+                elif phase != "closing":
+                    await self._serve()
             except Refused as refused:
                 self._log.info("request refused", code=p.ErrorCode.name(refused.code), reason=refused.text)
                 await self._send_error(refused.code, refused.text)
@@ -362,6 +476,7 @@ class ClientConnection:
             # would go to the next descriptor given the same number (a pidfd, say),
             # which then never reaches epoll.
             self._stop_reading()
+            self._set_phase("closing")
             await disconnect_async(self.sock, self.disconnect_timeout, self.loop)
             self.booster.connection_done(self)
 
@@ -380,11 +495,16 @@ class ClientConnection:
             pass
 
     async def _serve(self) -> None:
-        hello = await self._next_message(self.idle_timeout)
-        self.hello = hello  # the state table admits only HELLO first
-        flags = p.HelloFlags.PEER_VISIBLE if self.cred.pid > 0 else 0
-        await self.send(p.Hello(pid=os.getpid(), pidns=_own_pidns(), flags=int(flags), agent=AGENT))
+        if self.hello is None:  # not yet exchanged (one handed over may have done so)
+            self._set_phase("handshake")
+            hello = await self._next_message(self.idle_timeout)
+            self._set_phase("busy")
+            self.hello = hello  # the state table admits only HELLO first
+            flags = p.HelloFlags.PEER_VISIBLE if self.cred.pid > 0 else 0
+            await self.send(p.Hello(pid=os.getpid(), pidns=_own_pidns(), flags=int(flags), agent=AGENT))
+        self._set_phase("request")
         request = await self._next_message(self.idle_timeout)
+        self._set_phase("busy")
         if isinstance(request, p.OpenSession):
             await self._open(request)
         elif isinstance(request, p.CloseSession):
@@ -397,6 +517,8 @@ class ClientConnection:
             await self._logs(request)
         elif isinstance(request, (p.Prewarm, p.Terminate, p.Linger)):
             await self._about_user(request)
+        elif isinstance(request, p.Reexec):
+            await self._reexec(request)
 
     async def _open(self, req: p.OpenSession) -> None:
         if self.cred.uid != 0:
@@ -472,7 +594,9 @@ class ClientConnection:
     async def _carry(self, session) -> None:
         """Hold a bound session until either side ends it."""
         while True:
+            self._set_phase("carrying")
             kind, value = await self._next(None)
+            self._set_phase("busy")
             if kind == "msg" and isinstance(value, p.CloseSession):
                 self.booster.end_session(session, None)
                 await self.send(p.Closed(session_id=session.id))
@@ -531,6 +655,31 @@ class ClientConnection:
             ack = p.Ack(int(changed), text)
         self._log.info(what.lower() + " done", value=ack.value)
         await self.send(ack)
+
+    async def _reexec(self, req: p.Reexec) -> None:
+        """REEXEC: root only.  Refused with the reason, or checked only
+        (``CHECK_ONLY``); else this process becomes the new code, which sends
+        the ACK on this connection once it serves (``_reexec_done``)."""
+        if self.cred.uid != 0:
+            raise Refused(p.ErrorCode.NOT_PERMITTED, "only root may send REEXEC")
+        from booster.reexec import ReexecRefused
+
+        check_only = bool(req.flags & p.ReexecFlags.CHECK_ONLY)
+        self._set_phase("reexec")  # carried across the exec: the new code answers
+        try:
+            text = await self.booster.reexec(check_only=check_only, conn=self)
+        except ReexecRefused as refused:
+            raise Refused(p.ErrorCode.REEXEC_REFUSED, str(refused)) from None
+        finally:
+            self._set_phase("busy")
+        await self.send(p.Ack(0, text))
+
+    async def _reexec_done(self) -> None:
+        """On the new code's side: the REEXEC this connection asked for is done."""
+        milliseconds, text = self.booster.reexec_report()
+        self._log.info("reexec done", milliseconds=milliseconds)
+        await self.send(p.Ack(milliseconds, text))
+        self._end_sending()
 
     async def _visible_users(self, name: str) -> list:
         """The users the caller may ask about, of those the booster tracks: all
@@ -617,6 +766,20 @@ class ClientConnection:
             await self.send(p.LogEnd(count=min(count, 0xFFFFFFFF)))
             return
         self._log.debug("following the instance's output")
+        await self._follow(user.account.uid, next_seq, count)
+
+    async def _follow(self, uid: int, next_seq: int, count: int) -> None:
+        """New lines of ``uid``'s instance as they come, from ``next_seq`` on
+        (``count`` sent already), until the client closes (its end-of-file) or
+        the booster forgets the user or stops.  Between lines the connection
+        waits in the phase "following", which a reexec carries: the new code
+        goes on from where this stood."""
+        user = self.booster.users.get(uid)
+        buffer = user.output if user is not None else None
+        if buffer is None:  # after a reexec: forgotten meanwhile, or no output kept any more
+            await self.send(p.LogEnd(count=min(count, 0xFFFFFFFF),
+                                     text=f"the booster no longer keeps the output of uid {uid}"))
+            return
         # Nothing may come from the client now but its end-of-file (or a
         # shutdown from the booster): one wait for it, across every line.
         ending = self.loop.create_task(self._next(None))
@@ -630,10 +793,13 @@ class ClientConnection:
                     await self.send(p.LogEnd(count=min(count, 0xFFFFFFFF), text=buffer.closed))
                     return
                 more = buffer.waiter(self.loop)
+                self.following = (uid, next_seq, count)
+                self._set_phase("following")
                 try:
                     await asyncio.wait({ending, more}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     more.cancel()
+                    self._set_phase("busy")
                 if ending.done():
                     kind, value = ending.result()
                     if kind == "shutdown":
@@ -649,6 +815,11 @@ class ClientConnection:
         finally:
             ending.cancel()
 
+
+# Where a connection waits (a reexec carries it as it is), and the phases it
+# carries: those, one being disconnected, and the one that asked for the reexec.
+PHASES_WAITING = ("handshake", "request", "carrying", "following")
+PHASES_CARRIED = PHASES_WAITING + ("closing", "reexec")
 
 _PIDNS: int | None = None
 

@@ -5,12 +5,12 @@ starts it with ``posix_spawn`` (``booster.pool``) as ``PYTHON -I -S -c
 LAUNCHER``, in a session of its own, with a private SOCK_SEQPACKET socket at
 descriptor 3.  It imports only what this module imports: modules built into
 the interpreter (``posix``, ``_signal``, ``marshal``), ``_socket``, ``fcntl``,
-``resource`` and ``_ctypes`` (for one call, ``prctl``), never ``os``,
-``signal``, ``socket`` or ``ctypes``, whose imports pull in ``enum`` and
-friends.  So its memory is the interpreter's floor: the interpreter's text is
+``resource`` and ``_ctypes`` (for one call, ``prctl``, in ``booster.prctl``),
+never ``os``, ``signal``, ``socket`` or ``ctypes``, whose imports pull in
+``enum`` and friends.  So its memory is the interpreter's floor: the interpreter's text is
 shared with the booster and every other warm child, and what is its own is
 what the interpreter allocates at start-up.  The booster imports this module
-too, for the order's format, the reserved exit codes and ``prctl``.
+too, for the order's format and the reserved exit codes.
 
 Warm-up (``warm_child_main``): the parent-death signal (SIGKILL), a check that
 the booster is still the parent (it may have died before the signal was set),
@@ -41,11 +41,12 @@ from __future__ import annotations
 import marshal
 import posix
 
-import _ctypes
 import _signal
 import _socket
 import fcntl
 import resource
+
+from booster.prctl import set_parent_death_signal, set_process_name  # noqa: F401 - set_process_name: helpers' too
 
 # Reserved exit codes: the supervisor does not retry these, they will fail again.
 EXIT_PRIVILEGE = 201  # dropping privileges failed, or the check after it did
@@ -58,8 +59,6 @@ MAX_ORDER = 65536
 MAX_FDS = 4
 OPEN_FILES_SOFT = 1024  # the conventional soft limit; select() breaks above it
 _HIGH_FD = 64  # passed descriptors are moved up here before being put in place
-_PR_SET_PDEATHSIG = 1
-_PR_SET_NAME = 15
 _C_INT_SIZE = 4  # SCM_RIGHTS carries C ints
 
 
@@ -129,51 +128,6 @@ def _ints_to_bytes(values: list[int]) -> bytes:
 def instance_cgroup(base: str, pid: int) -> str:
     """The cgroup of the warm child (later the instance) ``pid``."""
     return f"{base}/instance-{pid}"
-
-
-# --- prctl, through _ctypes alone ----------------------------------------------------
-# ``ctypes`` itself costs about 0.4 MB and 4 ms in every warm child; one libc call
-# needs only its C core.
-
-class _CInt(_ctypes._SimpleCData):
-    _type_ = "i"
-
-
-class _CULong(_ctypes._SimpleCData):
-    _type_ = "L"
-
-
-class _LibcCall(_ctypes.CFuncPtr):
-    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-    _restype_ = _CInt
-
-
-class _Libc:
-    _handle = None
-
-
-_prctl_call = None
-
-
-def _prctl(option: int, arg) -> None:
-    """prctl(option, arg, 0, 0, 0); ``arg`` an int, or bytes for a string."""
-    global _prctl_call
-    if _prctl_call is None:
-        _Libc._handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
-        _prctl_call = _LibcCall(("prctl", _Libc))
-    value = arg if isinstance(arg, bytes) else _CULong(arg)
-    if _prctl_call(option, value, _CULong(0), _CULong(0), _CULong(0)) != 0:
-        err = _ctypes.get_errno()
-        raise OSError(err, posix.strerror(err))
-
-
-def set_parent_death_signal(sig: int) -> None:
-    _prctl(_PR_SET_PDEATHSIG, sig)
-
-
-def set_process_name(name: bytes) -> None:
-    """What ps and top show (15 bytes at most); exec replaces it."""
-    _prctl(_PR_SET_NAME, name)
 
 
 # --- the warm child --------------------------------------------------------------------

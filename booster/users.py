@@ -19,6 +19,9 @@ pre-warm starts a new lifecycle from there.
 
 One task per lifecycle drives it (``_run``); everything else only adds or
 removes sessions, changes what the instance is wanted for, and wakes it.
+A lifecycle parks in two places: watching a running instance, and waiting to
+restart one.  There a reexec can take it over (``to_handover``): the new
+code's task picks it up where it was (``from_handover``, ``resume``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import time
 
 from booster import log, rundir
 from booster.accounts import Account
-from booster.backends.base import InstanceSpec, Launch, StartError
+from booster.backends.base import CarriedLaunch, InstanceSpec, Launch, StartError
 from booster.output import READ_CHUNK, OutputLimiter, displayable, escape
 from booster.output_buffer import OutputBuffer
 from booster.reaper import ExitStatus, start_time
@@ -107,9 +110,32 @@ class Session:
     ready: asyncio.Future
     opened: float = dataclasses.field(default_factory=time.time)
     kind: str = "other"      # what opened it (session_kind)
+    leader_started: int | None = None  # the leader's start time (clock ticks): with its pid, which process
     watch: object = None     # the leader watch handle
     conn: object = None      # the connection carrying it, when bound
     ended: bool = False
+
+    def to_handover(self) -> dict:
+        """What a reexec carries of this session (its connection goes by its descriptor)."""
+        ready = self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
+        return {"id": self.id, "uid": self.user.account.uid, "service": self.service, "tty": self.tty,
+                "rhost": self.rhost, "ruser": self.ruser, "leader_pid": self.leader_pid,
+                "leader_started": self.leader_started, "client_leader_pid": self.client_leader_pid,
+                "client_pidns": self.client_pidns, "bound": self.bound, "opened": self.opened, "ready": ready,
+                "kind": self.kind, "conn": self.conn.sock.fileno() if self.conn is not None else None}
+
+    @classmethod
+    def from_handover(cls, data: dict, user: "UserInstance", loop) -> "Session":
+        """The session ``data`` describes, of ``user``; its connection and its
+        leader's watch are the caller's to attach."""
+        ready = loop.create_future()
+        if data["ready"]:
+            ready.set_result(())
+        ready.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+        return cls(id=data["id"], user=user, service=data["service"], tty=data["tty"], rhost=data["rhost"],
+                   ruser=data["ruser"], leader_pid=data["leader_pid"], client_leader_pid=data["client_leader_pid"],
+                   client_pidns=data["client_pidns"], bound=data["bound"], ready=ready, opened=data["opened"],
+                   leader_started=data.get("leader_started"), kind=str(data.get("kind", "other")))
 
 
 class InstanceProcess:
@@ -123,6 +149,32 @@ class InstanceProcess:
         self.started = time.monotonic()
         self._create_time = None
         self.last_output: collections.deque[str] = collections.deque(maxlen=3)
+        self.output_fd: int | None = None        # the read end of its stdout and stderr, while open
+        self.output: OutputLimiter | None = None  # what reads it
+        self.carried_output: dict | None = None   # what was read of it before a reexec
+
+    def to_handover(self, fds) -> dict:
+        output = None
+        if self.output_fd is not None:
+            output = {"fd": fds.carry(self.output_fd), **self.output.to_handover()}
+        # Reaped already (its lifecycle has yet to see it): how it ended goes along.
+        status = self.exited.result() if self.exited.done() else None
+        return {"pid": self.pid, "cgroup": self.cgroup, "argv": list(self.launch.argv), "started": self.started,
+                "create_time": self._create_time, "last_output": list(self.last_output), "output": output,
+                "exit": None if status is None else [status.code, status.signal]}
+
+    @classmethod
+    def from_handover(cls, data: dict, loop, fds) -> "InstanceProcess":
+        proc = cls(data["pid"], CarriedLaunch(tuple(data["argv"])), loop, data["cgroup"])
+        proc.started = data["started"]
+        proc._create_time = data.get("create_time")
+        proc.last_output.extend(data.get("last_output", ()))
+        proc.carried_output = data.get("output")
+        if proc.carried_output:
+            proc.output_fd = fds.take(proc.carried_output["fd"])
+        if data.get("exit") is not None:
+            proc.on_exit(ExitStatus(*data["exit"]))
+        return proc
 
     def died_before_ready(self, status: ExitStatus, detail: str = "") -> str:
         text = f"instance {status} before it was ready"
@@ -173,7 +225,10 @@ class UserInstance:
         # Recent output of the instance (across its restarts), for `booster logs`.
         size = self.config.output_buffer_size
         self.output: OutputBuffer | None = OutputBuffer(size) if size else None
-        self.handover: asyncio.Task | None = None  # stopping for another account of this uid (Booster.take_over_uid)
+        self.takeover: asyncio.Task | None = None  # stopping for another account of this uid (Booster.take_over_uid)
+        self.idle_until: float | None = None     # loop time at which an unused instance stops (stop_delay)
+        self.backoff_until: float | None = None  # loop time of the next restart, while waiting for it
+        self.parked: str | None = None  # where the lifecycle waits: "running", "backoff", or None (busy)
         self._log = log.get("user", user=account.name, uid=account.uid)
 
     # --- the state table -----------------------------------------------------------
@@ -265,23 +320,25 @@ class UserInstance:
 
     # --- the lifecycle -----------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _run(self, resume: str | None = None) -> None:
         try:
             while True:
-                if self.failure is not None:
-                    if not self.waiting():
-                        break  # FAILED until the next login
-                    # A login arrived while the failed instance was torn down: it starts afresh.
-                    self.failure, self.restarts = None, 0
-                if self._stop_requested:
-                    if not self.waiting():
-                        break  # terminated: even linger waits for the next login or booster start
-                    self._stop_requested = False  # a login that arrived meanwhile starts afresh
-                if not self.wanted():
-                    break
+                if resume is None:
+                    if self.failure is not None:
+                        if not self.waiting():
+                            break  # FAILED until the next login
+                        # A login arrived while the failed instance was torn down: it starts afresh.
+                        self.failure, self.restarts = None, 0
+                    if self._stop_requested:
+                        if not self.waiting():
+                            break  # terminated: even linger waits for the next login or booster start
+                        self._stop_requested = False  # a login that arrived meanwhile starts afresh
+                    if not self.wanted():
+                        break
                 try:
-                    await self._serve()
+                    await self._serve(resume)
                 finally:
+                    resume = None
                     await self._teardown()
         except Exception:  # noqa: BLE001 - a bug here must not leave sessions hanging
             self._log.exception("user lifecycle failed")
@@ -297,17 +354,34 @@ class UserInstance:
             self._stopped.clear()
             self.booster.user_gone(self)
 
-    async def _serve(self) -> None:
+    async def _serve(self, resume: str | None = None) -> None:
         """Start the instance, restarting it while it dies and is still wanted;
-        return when it should be stopped."""
-        self._set(UserState.STARTING)
-        self._restart_times.clear()
-        try:
-            self._prepare_user()
-        except StartFailed as failure:
-            self._give_up(failure)
-            return
+        return when it should be stopped.  ``resume``: a lifecycle handed over
+        by a reexec, parked where it says ("running", "backoff")."""
+        if resume is None:
+            self._set(UserState.STARTING)
+            self._restart_times.clear()
+            try:
+                self._prepare_user()
+            except StartFailed as failure:
+                self._give_up(failure)
+                return
         while True:
+            if resume == "running":
+                resume = None
+                why = await self._watch_running()
+                if why != "exited" or not await self._after_death():
+                    return
+                continue
+            if resume == "backoff":
+                resume = None
+                died = self.state is not UserState.STARTING  # a restart after a death waits in READY or IDLE
+                if not await self._backoff(self.backoff_until):
+                    self._fail_waiting(StartFailed("the instance was no longer wanted when it was to restart"))
+                    return
+                if died:
+                    self.restarts += 1
+                self._set(UserState.STARTING)
             try:
                 self.process = await self._start()
             except StartFailed as failure:
@@ -333,21 +407,27 @@ class UserInstance:
             self._set(UserState.READY)
             for session in self.waiting():
                 session.ready.set_result(self.login_env())
+            self.idle_until = None
             why = await self._watch_running()
-            if why != "exited":
+            if why != "exited" or not await self._after_death():
                 return
-            status = self.process.exited.result()
-            self._log.warning("instance died", pid=self.process.pid, status=str(status))
-            await self._clear_instance()
-            if not self.wanted():
-                return
-            if status.code in NO_RETRY_CODES or not self._may_restart():
-                self._give_up(StartFailed(f"instance {status}; not restarted", status=status))
-                return
-            if not await self._backoff():
-                return
-            self.restarts += 1
-            self._set(UserState.STARTING)
+
+    async def _after_death(self) -> bool:
+        """The instance died in use: clear what it left, and wait to restart it;
+        False when it is not to be restarted."""
+        status = self.process.exited.result()
+        self._log.warning("instance died", pid=self.process.pid, status=str(status))
+        await self._clear_instance()
+        if not self.wanted():
+            return False
+        if status.code in NO_RETRY_CODES or not self._may_restart():
+            self._give_up(StartFailed(f"instance {status}; not restarted", status=status))
+            return False
+        if not await self._backoff():
+            return False
+        self.restarts += 1
+        self._set(UserState.STARTING)
+        return True
 
     def _give_up(self, failure: StartFailed) -> None:
         """The instance failed for good: its sessions end, FAILED follows the teardown."""
@@ -373,27 +453,41 @@ class UserInstance:
         earlier = max(0, len(self._restart_times) - 1)
         return min(self.config.restart_delay * (2 ** min(earlier, 32)), self.config.restart_delay_max)
 
-    async def _backoff(self) -> bool:
-        """Wait the restart delay; False if meanwhile the instance stopped being
-        wanted (the booster stops, a terminate, the last session left)."""
+    async def _backoff(self, until: float | None = None) -> bool:
+        """Wait the restart delay (or, resumed after a reexec, until ``until``);
+        False if meanwhile the instance stopped being wanted (the booster
+        stops, a terminate, the last session left)."""
         loop = asyncio.get_running_loop()
-        delay = self.restart_delay()
-        self._log.info("restarting the instance", delay=delay, restarts_in_window=len(self._restart_times))
-        until = loop.time() + delay
-        while loop.time() < until:
-            if not self.wanted():
-                return False
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), until - loop.time())
-            except asyncio.TimeoutError:
-                break
-        return self.wanted()
+        if until is None:
+            delay = self.restart_delay()
+            self._log.info("restarting the instance", delay=delay, restarts_in_window=len(self._restart_times))
+            until = loop.time() + delay
+        self.backoff_until = until
+        try:
+            while loop.time() < until:
+                if not self.wanted():
+                    return False
+                self._changed.clear()
+                self._park("backoff")
+                try:
+                    await asyncio.wait_for(self._changed.wait(), until - loop.time())
+                except asyncio.TimeoutError:
+                    break
+                finally:
+                    self._park(None)
+            return self.wanted()
+        finally:
+            self.backoff_until = None
+
+    def _park(self, where: str | None) -> None:
+        """Where the lifecycle waits (None: it is busy); a reexec waits for every
+        lifecycle to be parked."""
+        self.parked = where
+        self.booster.activity()
 
     async def _watch_running(self) -> str:
         """Wait while the instance serves; "exited", "unused" or "stop"."""
         loop = asyncio.get_running_loop()
-        idle_until = None
         while True:
             if self.process.exited.done():
                 return "exited"
@@ -411,24 +505,98 @@ class UserInstance:
             if self.sessions or self.linger or self.prewarm_until is not None:
                 if self.state is UserState.IDLE:
                     self._set(UserState.READY)
-                idle_until = None
+                self.idle_until = None
             else:
                 if self.state is UserState.READY:
                     if self.config.stop_delay <= 0:
                         return "unused"
                     self._set(UserState.IDLE)
-                if idle_until is None:
-                    idle_until = now + self.config.stop_delay
-                timeout = idle_until - now
+                if self.idle_until is None:
+                    self.idle_until = now + self.config.stop_delay
+                timeout = self.idle_until - now
                 if timeout <= 0:
                     return "unused"
             self._changed.clear()
             waiter = loop.create_task(self._changed.wait())
+            self._park("running")
             try:
                 await asyncio.wait({waiter, self.process.exited}, timeout=timeout,
                                    return_when=asyncio.FIRST_COMPLETED)
             finally:
+                self._park(None)
                 waiter.cancel()
+
+    # --- a reexec -------------------------------------------------------------------------
+
+    @property
+    def settled(self) -> bool:
+        """Can a reexec take this lifecycle over as it is: parked, or none running?"""
+        return self.task is None or self.parked is not None
+
+    def to_handover(self, fds) -> dict:
+        """What a reexec carries of this user (its sessions go on their own)."""
+        a, failure = self.account, self.failure
+        status = failure.status if failure is not None else None
+        return {
+            "account": {"name": a.name, "uid": a.uid, "gid": a.gid, "home": a.home, "shell": a.shell,
+                        "groups": list(a.groups)},
+            "state": self.state.value, "parked": self.parked if self.task is not None else None,
+            "restarts": self.restarts, "restart_times": list(self._restart_times),
+            "prewarm_until": self.prewarm_until, "idle_until": self.idle_until, "backoff_until": self.backoff_until,
+            "failure": None if failure is None else {
+                "text": failure.text, "code": int(failure.code), "final": failure.final,
+                "exit_code": status.code if status else None, "signal": status.signal if status else None},
+            "runtime_hint": self._runtime_hint, "no_rundir": self._no_rundir,
+            "runtime_dir": self.runtime_dir, "managed_rundir": self.managed_rundir,
+            "process": self.process.to_handover(fds) if self.process is not None else None,
+            "output": self.output.to_state() if self.output is not None else None,
+        }
+
+    @classmethod
+    def from_handover(cls, booster, data: dict, fds) -> "UserInstance":
+        """The user ``data`` describes, not yet running (``resume`` starts it)."""
+        a = data["account"]
+        user = cls(booster, Account(name=a["name"], uid=a["uid"], gid=a["gid"], home=a["home"], shell=a["shell"],
+                                    groups=tuple(a["groups"])))
+        user.state = UserState(data["state"])  # restored, not a transition
+        user.parked = data.get("parked")
+        if user.parked not in (None, "running", "backoff"):
+            raise ValueError(f"a lifecycle parked at {user.parked!r}")
+        user.restarts = data["restarts"]
+        user._restart_times.extend(data.get("restart_times", ()))
+        user.prewarm_until, user.idle_until = data.get("prewarm_until"), data.get("idle_until")
+        user.backoff_until = data.get("backoff_until")
+        failure = data.get("failure")
+        if failure is not None:
+            status = None
+            if failure.get("exit_code") is not None or failure.get("signal") is not None:
+                status = ExitStatus(failure.get("exit_code"), failure.get("signal"))
+            user.failure = StartFailed(failure["text"], code=failure["code"], final=failure["final"], status=status)
+        user._runtime_hint, user._no_rundir = data.get("runtime_hint", ""), data.get("no_rundir", False)
+        user.runtime_dir, user.managed_rundir = data.get("runtime_dir"), data.get("managed_rundir")
+        if user.output is not None and data.get("output") is not None:
+            # What ``booster logs`` shows goes on, within this config's output_buffer_size.
+            user.output = OutputBuffer.from_state(data["output"], booster.config.output_buffer_size)
+        if data.get("process") is not None:
+            user.process = InstanceProcess.from_handover(data["process"], asyncio.get_running_loop(), fds)
+        if user.parked == "running" and user.process is None:
+            raise ValueError(f"{user.account.name}'s lifecycle watches an instance the handover lacks")
+        return user
+
+    def resume(self) -> None:
+        """Take the handed-over instance and lifecycle up again: its exit is
+        ours to reap, its output ours to read, its task ours to run."""
+        proc = self.process
+        if proc is not None:
+            if proc.alive:  # an exit reaped before the exec is known already; its pid may be another's now
+                self.booster.reaper.watch(proc.pid, proc.on_exit)
+            if proc.output_fd is not None:
+                self._follow_output(proc.output_fd, proc, proc.carried_output)
+                proc.carried_output = None
+        if self.parked is not None:
+            resume, self.parked = self.parked, None
+            self.task = asyncio.get_running_loop().create_task(self._run(resume), name=f"user-{self.account.name}")
+        self._changed.set()
 
     def status_fields(self) -> dict:
         """What ``STATUS_ENTRY`` says beyond the state: flags, and how a failed
@@ -582,14 +750,18 @@ class UserInstance:
     def _final(self, status: ExitStatus) -> bool:
         return status.code in NO_RETRY_CODES or self.booster.backend.exit_before_ready_is_final(status.code)
 
-    def _follow_output(self, fd: int, proc: InstanceProcess) -> None:
+    def _follow_output(self, fd: int, proc: InstanceProcess, carried: dict | None = None) -> None:
         """Log the instance's stdout and stderr a line at a time, within the
         output limits (``booster.output``): a flood costs the log a bounded
         number of lines, a summary of what was dropped, and the booster a
-        bounded amount of reading."""
+        bounded amount of reading.  ``carried``: what the booster before a
+        reexec had read of it (``OutputLimiter.to_handover``)."""
         loop = asyncio.get_running_loop()
         config = self.config
         limiter = OutputLimiter(config.output_rate, config.output_burst, config.output_line_limit)
+        if carried:
+            limiter.take_handover(carried)
+        proc.output_fd, proc.output = fd, limiter
         logger = self._log.bind(pid=proc.pid)
         summary = None
 
@@ -633,11 +805,14 @@ class UserInstance:
                 return
             loop.remove_reader(fd)
             os.close(fd)
+            proc.output_fd = None
             log_lines(limiter.finish())
             if summary is not None:
                 summary.cancel()
             report_dropped()
 
+        if limiter.dropped:
+            summary = loop.call_later(DROPPED_REPORT_INTERVAL, report_dropped)
         loop.add_reader(fd, readable)
 
     # --- stop ---------------------------------------------------------------------------

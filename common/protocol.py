@@ -48,6 +48,7 @@ StatusFlags = _codes("StatusFlags", "STATUS_", "Flags of STATUS_ENTRY (u32).")
 SessionFlags = _codes("SessionFlags", "SESSION_", "Flags of SESSION_ENTRY (u32).")
 LogFlags = _codes("LogFlags", "LOG_", "Flags of LOG_REQUEST (u32).")
 LineFlags = _codes("LineFlags", "LINE_", "Flags of LOG_LINE (u32).")
+ReexecFlags = _codes("ReexecFlags", "REEXEC_", "Flags of REEXEC (u32).")
 MessageType = _codes("MessageType", "MSG_", "Message types: the header's type byte.")
 
 
@@ -193,7 +194,8 @@ StatusEnd = _message("StatusEnd", wire.MSG_STATUS_END, "Ends a status listing.")
 Prewarm = _message("Prewarm", wire.MSG_PREWARM, "``user`` is about to log in (root only).")
 Terminate = _message("Terminate", wire.MSG_TERMINATE, "End every session of ``user`` (root only).")
 Linger = _message("Linger", wire.MSG_LINGER, "Keep ``user``'s instance without sessions, or not (root only).")
-Ack = _message("Ack", wire.MSG_ACK, "The answer to PREWARM, TERMINATE and LINGER.")
+Ack = _message("Ack", wire.MSG_ACK, "The answer to PREWARM, TERMINATE, LINGER and REEXEC.")
+Reexec = _message("Reexec", wire.MSG_REEXEC, "Hand the booster over to the installed code in place (root only).")
 SessionsRequest = _message("SessionsRequest", wire.MSG_SESSIONS_REQUEST, "Ask for the sessions of one user or all.")
 SessionEntry = _message("SessionEntry", wire.MSG_SESSION_ENTRY, "One session.")
 SessionsEnd = _message("SessionsEnd", wire.MSG_SESSIONS_END, "Ends a sessions listing.")
@@ -206,7 +208,7 @@ MESSAGE_TYPES = {
     cls.TYPE: cls
     for cls in (Hello, OpenSession, Wait, Ready, Error, CloseSession, Closed, Ended,
                 StatusRequest, StatusEntry, StatusEnd, Prewarm, Terminate, Linger, Ack,
-                SessionsRequest, SessionEntry, SessionsEnd, LogRequest, LogLine, LogEnd, Usage)
+                SessionsRequest, SessionEntry, SessionsEnd, LogRequest, LogLine, LogEnd, Usage, Reexec)
 }
 assert set(MESSAGE_TYPES) == set(wire.FIELDS), "a message type of common.wire has no class here"
 
@@ -289,6 +291,10 @@ class Decoder:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def pending(self) -> bytes:
+        """The bytes of a frame not yet complete (a reexec hands them over)."""
+        return bytes(self._buf)
+
     def next_message(self):
         """The next complete message, or None until more bytes arrive."""
         if self._error is not None:
@@ -327,7 +333,7 @@ class State:
     STATUS = "status"          # STATUS_REQUEST sent, listing under way
     SESSIONS = "sessions"      # SESSIONS_REQUEST sent, listing under way
     LOGS = "logs"              # LOG_REQUEST sent, lines under way (followed: until either side ends it)
-    REQUEST = "request"        # PREWARM, TERMINATE or LINGER sent, ACK not yet
+    REQUEST = "request"        # PREWARM, TERMINATE, LINGER or REEXEC sent, ACK not yet
     DONE = "done"              # exchange over; only end-of-file follows
     ERROR = "error"            # a protocol error happened; permanent
 
@@ -347,6 +353,7 @@ TRANSITIONS = {
     (State.IDLE, _C2S, _T.PREWARM): State.REQUEST,
     (State.IDLE, _C2S, _T.TERMINATE): State.REQUEST,
     (State.IDLE, _C2S, _T.LINGER): State.REQUEST,
+    (State.IDLE, _C2S, _T.REEXEC): State.REQUEST,
     (State.OPENING, _S2C, _T.WAIT): State.OPENING,
     (State.OPENING, _S2C, _T.READY): State.OPEN,
     (State.OPEN, _C2S, _T.CLOSE_SESSION): State.CLOSING,

@@ -47,7 +47,7 @@ ENV_VALUE_LIMIT = 4095
 
 # --- codes -----------------------------------------------------------------------------
 # Each kind has its prefix; common.protocol gathers them by it (ErrorCode,
-# EndReason, OpenFlags, HelloFlags, StatusFlags, MessageType).
+# EndReason, OpenFlags, HelloFlags, StatusFlags, ReexecFlags, MessageType).
 
 # Message types (the header's type byte).
 MSG_HELLO = 1
@@ -72,6 +72,7 @@ MSG_LOG_REQUEST = 19
 MSG_LOG_LINE = 20
 MSG_LOG_END = 21
 MSG_USAGE = 22
+MSG_REEXEC = 24
 
 # Reason codes carried by ERROR frames (u16).
 ERR_MALFORMED = 1            # the frame could not be decoded
@@ -86,6 +87,7 @@ ERR_SHUTTING_DOWN = 9
 ERR_INTERNAL = 10
 ERR_LIMIT_REACHED = 11       # too many connections or sessions
 ERR_LEADER_UNKNOWN = 12      # the session leader process cannot be identified
+ERR_REEXEC_REFUSED = 13      # the new code or the config failed its check, or no quiet moment came
 
 # Why the booster ended a session that was bound to a connection (ENDED, u16).
 END_CLOSED = 1           # closed by a close-session request on another connection
@@ -120,6 +122,9 @@ LINE_CUT = 1          # the line was longer than the booster keeps: this is its 
 LINE_NOTE = 2         # the booster's own note (an instance started or ended, lines dropped), not output
 
 MAX_LOG_TEXT = 65000  # bytes of one LOG_LINE's text (the rest of its frame is 30 bytes)
+
+# Flags of REEXEC (u32).
+REEXEC_CHECK_ONLY = 1  # check the installed code and the config, do not exec
 
 
 def code_name(prefix: str, value: int) -> str:
@@ -318,8 +323,8 @@ FIELDS = {
     MSG_TERMINATE: (("user", string(256), REQUIRED),),
     # Keep (enable 1) or stop keeping (0) user's instance without sessions (root only).
     MSG_LINGER: (("user", string(256), REQUIRED), ("enable", U8, REQUIRED)),
-    # The answer to PREWARM, TERMINATE and LINGER: done; value and text say
-    # what was done (docs/protocol.md gives each request's meaning).
+    # The answer to PREWARM, TERMINATE, LINGER and REEXEC: done; value and text
+    # say what was done (docs/protocol.md gives each request's meaning).
     MSG_ACK: (("value", U32, 0), ("text", string(1024), "")),
     # The sessions of one user, or of all (user empty; root only).
     MSG_SESSIONS_REQUEST: (("user", string(256), ""),),
@@ -349,6 +354,10 @@ FIELDS = {
     # figures come from (source: empty when no instance runs).
     MSG_USAGE: (("uid", U32, REQUIRED), ("rss", U64, 0), ("cpu_ms", U64, 0), ("started_ms", U64, 0),
                 ("processes", U32, 0), ("source", string(32), "")),
+    # Hand the booster over to the installed code in place, same pid, keeping
+    # every session, instance and connection (root only); flags are REEXEC_*.
+    # ACK comes from the new code once it serves; ERROR REEXEC_REFUSED says why not.
+    MSG_REEXEC: (("flags", U32, 0),),
 }
 
 

@@ -73,6 +73,7 @@ class BoosterProc:
         self.config_path.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in self.config.items()))
         self.log_path = base / "booster.log"
         self.proc: subprocess.Popen | None = None
+        self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}  # the booster's whole environment
         self.wrapper: list[str] = []
         self._pid: int | None = None
         self._started: float | None = None
@@ -96,7 +97,7 @@ class BoosterProc:
             self.proc = subprocess.Popen(
                 self.wrapper + [BOOSTER, "serve", "--config", str(self.config_path), "--ready-fd", str(ready_w)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(ready_w,),
-                env={"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"},
+                env=self.env,
             )
         os.close(ready_w)
         try:
@@ -168,8 +169,8 @@ class BoosterProc:
 
     def state_file(self) -> dict:
         """The booster's state file, once what just changed has been written
-        (it writes booster.daemon.STATE_WRITE_DELAY after a change)."""
-        from booster.daemon import STATE_WRITE_DELAY
+        (it writes booster.succession.STATE_WRITE_DELAY after a change)."""
+        from booster.succession import STATE_WRITE_DELAY
 
         time.sleep(4 * STATE_WRITE_DELAY)
         return json.loads(Path(self.state_dir, "state.json").read_text())

@@ -197,7 +197,7 @@ def test_every_option_has_help_and_every_command_its_exit_codes():
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) == {"serve", "status", "sessions", "logs", "terminate", "linger", "config", "demo"}
+    assert set(commands) == {"serve", "status", "sessions", "logs", "terminate", "linger", "reexec", "config", "demo"}
     for name, sub in [("booster", parser), *commands.items()]:
         for action in sub._actions:
             if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):

@@ -66,6 +66,7 @@ LAYOUT: dict[type, tuple[int, list[tuple[str, object]]]] = {
     p.LogEnd: (21, [("count", "u32"), ("text", 1024)]),
     p.Usage: (22, [("uid", "u32"), ("rss", "u64"), ("cpu_ms", "u64"), ("started_ms", "u64"), ("processes", "u32"),
                    ("source", 32)]),
+    p.Reexec: (24, [("flags", "u32")]),
 }
 ALL_TYPES = list(LAYOUT)
 
@@ -174,7 +175,7 @@ def test_messages_refuse_wrong_arguments(args, kwargs):
 def test_code_names_are_for_logs():
     assert p.ErrorCode.name(p.ErrorCode.TIMEOUT) == "TIMEOUT"
     assert p.ErrorCode.name(999) == "999"
-    assert p.MessageType.values() == list(range(1, 23))
+    assert p.MessageType.values() == list(range(1, 23)) + [24]
 
 
 # --- round trips ---------------------------------------------------------------------------------
@@ -610,6 +611,7 @@ LEGAL = {
     (State.IDLE, C, T.PREWARM): State.REQUEST,
     (State.IDLE, C, T.TERMINATE): State.REQUEST,
     (State.IDLE, C, T.LINGER): State.REQUEST,
+    (State.IDLE, C, T.REEXEC): State.REQUEST,
     (State.REQUEST, S, T.ACK): State.DONE,
     (State.STATUS, S, T.USAGE): State.STATUS,
     (State.IDLE, C, T.SESSIONS_REQUEST): State.SESSIONS,
@@ -644,6 +646,7 @@ SAMPLE = {
     T.LOG_LINE: p.LogLine(seq=1, time_ms=1700000000000, text="hello"),
     T.LOG_END: p.LogEnd(count=1),
     T.USAGE: p.Usage(uid=1000, rss=1 << 20, cpu_ms=5, started_ms=1700000000000, processes=2, source="cgroup"),
+    T.REEXEC: p.Reexec(flags=0),
 }
 
 # A shortest way into each state (the messages, in order, each with its sender).
@@ -903,6 +906,7 @@ GOLDEN = [
     (p.LogEnd(count=1), "4442021500000006 00000001 0000"),
     (p.Usage(uid=1000, rss=3670016, cpu_ms=42, started_ms=1700000000000, processes=2, source="cgroup"),
      "4442021600000028 000003e8 0000000000380000 000000000000002a 0000018bcfe56800 00000002 0006 6367726f7570"),
+    (p.Reexec(flags=p.ReexecFlags.CHECK_ONLY), "4442021800000004 00000001"),
 ]
 
 

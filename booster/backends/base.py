@@ -63,6 +63,21 @@ class Launch(abc.ABC):
         """Release what this launch holds (descriptors), once the instance is gone."""
 
 
+class CarriedLaunch(Launch):
+    """The launch of an instance a reexec handed over: it runs and was ready;
+    nothing is left to wait for or to release."""
+
+    def __init__(self, argv: tuple[str, ...]) -> None:
+        self.argv = argv
+        self.pass_fds = {}
+
+    async def wait_ready(self, loop, timeout: float) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
 class Backend(abc.ABC):
     """A service manager.  What ``prepare`` writes for one instance lives in the
     user's booster directory, which the booster removes as a whole after the
