@@ -646,3 +646,36 @@ def test_a_stopping_booster_refuses_and_stops_in_order(booster_factory):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+def test_kept_output_a_followed_log_and_session_kinds_are_carried(booster_factory):
+    """What ``booster logs`` shows lasts across a reexec; a follower (``logs
+    -f``, a user's own) is carried as it waits and goes on from the next line,
+    none missed and none twice; ``booster sessions`` shows the same kinds."""
+    from test_observe import TICKS, install_script_service, log_texts, read_line
+
+    b = booster_factory("runit")
+    with pamkit.temp_user() as u:
+        install_script_service(u, "runit", "ticks", TICKS)
+        with exec_service(b) as svc, pamkit.HeldSession(svc, u.name):
+            pamkit.wait_for(lambda: "tick 2" in booster(b, "logs", u.name).stdout, 20, desc="ticks kept")
+            sessions_before = json.loads(booster(b, "sessions", "--json").stdout)
+            follower = subprocess.Popen([BOOSTER, "logs", "-f", "-n", "1", "--socket", b.socket],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        user=u.uid, group=u.gid, extra_groups=[], cwd="/")
+            try:
+                ticks = [int(log_texts(read_line(follower.stdout))[0].split()[1])]
+                kept_before = booster(b, "logs", u.name).stdout.splitlines()
+                out = booster(b, "reexec")
+                assert out.returncode == 0, out.stderr + b.log()[-3000:]
+                assert exec_count(b) == 1
+                while len(ticks) < 8:  # lines read after the exec as well as before
+                    ticks.append(int(log_texts(read_line(follower.stdout))[0].split()[1]))
+                assert ticks == list(range(ticks[0], ticks[0] + 8)), ticks
+                assert follower.poll() is None  # still following
+                kept_after = booster(b, "logs", u.name).stdout.splitlines()
+                assert kept_after[:len(kept_before)] == kept_before  # nothing kept was lost
+                assert json.loads(booster(b, "sessions", "--json").stdout) == sessions_before
+            finally:
+                pamkit.terminate(follower)
+    wait_gone(u.uid)
