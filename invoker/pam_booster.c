@@ -618,49 +618,45 @@ static int is_hex(unsigned char c)
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
-/* A D-Bus server address list (the D-Bus specification, "Server Addresses"):
- * TRANSPORT:KEY=VALUE,KEY=VALUE;... with every value byte either one the
- * specification leaves unescaped ([-0-9A-Za-z_/.\*]) or %XX. */
+static int hex_value(unsigned char c)
+{
+    return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10;
+}
+
+/* The one session bus address a login may get (docs/protocol.md, READY;
+ * common/loginenv.py is the same rule): "unix:path=" and a path escaped as
+ * the D-Bus specification says (the bytes [-0-9A-Za-z_/.\*] as themselves,
+ * every other byte as %XX), which decodes to an absolute path with no control
+ * character.  Decoded a byte at a time: no buffer. */
 static const char *bus_address_error(const char *s, size_t len)
 {
-    size_t i = 0;
+    static const char prefix[] = "unix:path=";
+    const size_t prefix_len = sizeof(prefix) - 1;
+    size_t decoded = 0;
+    unsigned char previous = 0;
 
-    if (len == 0)
-        return "empty";
-    while (i < len) {
-        size_t start = i;
-        while (i < len && (is_alnum((unsigned char)s[i]) || s[i] == '-' || s[i] == '_'))
-            i++;
-        if (i == start || i == len || s[i] != ':')
-            return "not TRANSPORT:KEY=VALUE,...";
-        i++;
-        while (i < len && s[i] != ';') {
-            start = i;
-            while (i < len && (is_alnum((unsigned char)s[i]) || s[i] == '-' || s[i] == '_'))
-                i++;
-            if (i == start || i == len || s[i] != '=')
-                return "a key is not KEY=VALUE";
-            for (i++; i < len && s[i] != ',' && s[i] != ';'; i++) {
-                unsigned char c = (unsigned char)s[i];
-                if (c == '%') {
-                    if (i + 2 >= len || !is_hex((unsigned char)s[i + 1]) || !is_hex((unsigned char)s[i + 2]))
-                        return "a '%' is not followed by two hex digits";
-                    i += 2;
-                } else if (!is_alnum(c) && !strchr("-_/.\\*", c))
-                    return "a value holds a byte the D-Bus specification says to escape";
-            }
-            if (i < len && s[i] == ',') {
-                i++;
-                if (i == len || s[i] == ';')
-                    return "a ',' is not followed by KEY=VALUE";
-            }
+    if (len < prefix_len || memcmp(s, prefix, prefix_len) != 0)
+        return "not a unix:path= address";
+    for (size_t i = prefix_len; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (c == '%') {
+            if (i + 2 >= len || !is_hex((unsigned char)s[i + 1]) || !is_hex((unsigned char)s[i + 2]))
+                return "not one address escaped as D-Bus requires (a '%' without two hex digits)";
+            c = (unsigned char)(hex_value((unsigned char)s[i + 1]) << 4 | hex_value((unsigned char)s[i + 2]));
+            i += 2;
+        } else if (c == '\0' || (!is_alnum(c) && !strchr("-_/.\\*", c))) {
+            return "not one address escaped as D-Bus requires (a byte that must be escaped)";
         }
-        if (i < len) {  /* ';': another address follows */
-            i++;
-            if (i == len)
-                return "a ';' is not followed by an address";
-        }
+        if (decoded == 0 && c != '/')
+            return "its path: not an absolute path";
+        if (c < 0x20 || c == 0x7f || (previous == 0xc2 && c >= 0x80 && c <= 0x9f))
+            return "its path: holds a control character";
+        previous = c;
+        decoded++;
     }
+    if (decoded == 0)
+        return "its path: not an absolute path";
     return NULL;
 }
 

@@ -790,8 +790,12 @@ def test_only_the_two_checked_variables_reach_the_login():
 @pytest.mark.parametrize("address,exported", [
     ("unix:path=/run/user/1000/bus", True),
     ("unix:path=/run/user/a%20b%3bc/bus", True),  # a runtime directory with " " and ";", escaped
-    ("unix:path=/tmp/x,guid=0123456789abcdef0123456789abcdef;tcp:host=localhost,port=4711", True),
-    ("unix:abstract=/tmp/dbus-x", True),
+    ("unix:path=/tmp/x,guid=0123456789abcdef0123456789abcdef;tcp:host=localhost,port=4711", False),  # not one
+    ("unix:abstract=/tmp/dbus-x", False),  # not a path
+    ("unix:path=/run/user/%2A%2a/bus", True),  # either hex case
+    ("unix:path=run/user/1000/bus", False),  # a relative path
+    ("unix:path=%2frun%0a/bus", False),  # a newline, escaped: still a control character in the path
+    ("unix:path=/run/%c2%85/bus", False),  # a C1 control in UTF-8, escaped
     ("unix:path=/run/user/a b/bus", False),
     ("unix:path=/run/user/1000/bus;", False),
     ("unix:path=/x,", False),
@@ -807,6 +811,33 @@ def test_bus_addresses_are_checked_as_the_d_bus_specification_writes_them(addres
     env, log, _ = held_env((("DBUS_SESSION_BUS_ADDRESS", address),))
     assert (env.get("DBUS_SESSION_BUS_ADDRESS") == address) == exported, log
     assert ("DBUS_SESSION_BUS_ADDRESS" in env) == exported, env
+
+
+# What the module and common/loginenv.py (the pam_python module's and `invoker
+# open`'s check, which the booster's own addresses pass) decide must agree:
+# one rule, written in docs/protocol.md (READY).
+ONE_RULE_CORPUS = [
+    ("XDG_RUNTIME_DIR", v) for v in (
+        "/run/user/1000", "/", "relative", "", "/run/user/\t", "/run/\x7f", "/run/\u0085", "/run/\u00a0",
+        "/run/user/a b;c,d", "/" + "a" * 4094)  # 4095 bytes: the most READY can carry
+] + [
+    ("DBUS_SESSION_BUS_ADDRESS", v) for v in (
+        "unix:path=/run/user/1000/bus", "unix:path=/run/user/a%20b%3bc%2cd/bus", "unix:path=/", "unix:path=",
+        "unix:path=/x%", "unix:path=/x%4", "unix:path=/x%4g", "unix:path=/x%41%61", "unix:path=/x y",
+        "unix:path=/x;unix:path=/y", "unix:path=/x,guid=00", "unix:tmpdir=/tmp", "tcp:host=localhost,port=1",
+        "UNIX:path=/x", "unix:path=%2f%00", "unix:path=/%7f", "unix:path=/%c2%9f", "unix:path=/%c2%a0",
+        "unix:path=/" + "b" * 4084, "unix:path=/\u00e9", "unix:path=/%c3%a9",
+        "unix:path=/a\\b*c-d_e.f")
+]
+
+
+def test_the_module_and_the_python_side_apply_one_rule():
+    from common import loginenv
+
+    for key, value in ONE_RULE_CORPUS:
+        env, log, _ = held_env(((key, value),))
+        python_says = loginenv.problem(key, value)
+        assert (key in env) == (python_says is None), (key, value, python_says, log)
 
 
 def test_a_runtime_directory_set_earlier_in_the_stack_stands():
