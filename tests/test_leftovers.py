@@ -52,9 +52,9 @@ def _subreaper(uid, gid, scripts, deadline, other_uid) -> dict:
 
     from booster import leftovers
     from booster.leaders import PidfdWatcher
-    from booster.spawn import _prctl
+    from booster.prctl import PR_SET_CHILD_SUBREAPER, prctl
 
-    _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER, as the booster is
+    prctl(PR_SET_CHILD_SUBREAPER, 1)  # as the booster is
     for script in scripts:
         subprocess.run(["/bin/sh", "-c", script], user=uid, group=gid, extra_groups=[], check=True,
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
