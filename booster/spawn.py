@@ -59,6 +59,8 @@ MAX_FDS = 4
 OPEN_FILES_SOFT = 1024  # the conventional soft limit; select() breaks above it
 _HIGH_FD = 64  # passed descriptors are moved up here before being put in place
 _PR_SET_PDEATHSIG = 1
+_PR_GET_DUMPABLE = 3
+_PR_SET_DUMPABLE = 4
 _PR_SET_NAME = 15
 _C_INT_SIZE = 4  # SCM_RIGHTS carries C ints
 
@@ -155,16 +157,19 @@ class _Libc:
 _prctl_call = None
 
 
-def _prctl(option: int, arg) -> None:
-    """prctl(option, arg, 0, 0, 0); ``arg`` an int, or bytes for a string."""
+def _prctl(option: int, arg) -> int:
+    """prctl(option, arg, 0, 0, 0); ``arg`` an int, or bytes for a string.
+    Returns what it returned (not negative: a failure raises OSError)."""
     global _prctl_call
     if _prctl_call is None:
         _Libc._handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
         _prctl_call = _LibcCall(("prctl", _Libc))
     value = arg if isinstance(arg, bytes) else _CULong(arg)
-    if _prctl_call(option, value, _CULong(0), _CULong(0), _CULong(0)) != 0:
+    result = _prctl_call(option, value, _CULong(0), _CULong(0), _CULong(0))
+    if result < 0:
         err = _ctypes.get_errno()
         raise OSError(err, posix.strerror(err))
+    return result
 
 
 def set_parent_death_signal(sig: int) -> None:
@@ -300,10 +305,21 @@ def capabilities() -> dict[str, int]:
 
 
 def drop_privileges(order: SpawnOrder) -> None:
-    """Supplementary groups, then gid, then uid; then check that all of it held."""
+    """Supplementary groups, then gid, then uid; then check that all of it held.
+
+    Until its exec this process keeps what it had as root in its memory (the
+    booster's own, in a fork of the booster: ``booster.pool.fork_child``), so
+    it is made non-dumpable right after the uid change: the user can neither
+    trace it nor read its memory (``/proc/PID/mem``, ``process_vm_readv``)
+    nor get a core dump of it.  The kernel does so itself on a uid change
+    unless ``fs.suid_dumpable`` is 1; the exec gives the instance the usual
+    flag back."""
     posix.setgroups(list(order.groups))
     posix.setresgid(order.gid, order.gid, order.gid)
     posix.setresuid(order.uid, order.uid, order.uid)
+    _prctl(_PR_SET_DUMPABLE, 0)
+    if _prctl(_PR_GET_DUMPABLE, 0) != 0:
+        raise PrivilegeError("still dumpable after PR_SET_DUMPABLE 0")
     if posix.getresuid() != (order.uid,) * 3:
         raise PrivilegeError(f"getresuid() is {posix.getresuid()}, expected {(order.uid,) * 3}")
     if posix.getresgid() != (order.gid,) * 3:
