@@ -25,11 +25,19 @@ order means the pool is shrinking: it exits 0.
 The order is carried out in one straight line (``become_instance``): signals
 reset, sane limits, descriptors installed, [the instance's PAM session opened
 (``booster.instance_pam``), signals reset again], everything else closed,
-supplementary groups then gid then uid dropped, the result verified, the
-parent-death signal set (a credential change clears it), cwd = home, the
-backend's steps (``PRE_EXEC_STEPS``: its directory, a helper beside the
-instance), exec.
+supplementary groups then gid then uid dropped, the process made
+non-dumpable, the result verified, the parent-death signal set (a
+credential change clears it), cwd = home, the backend's steps
+(``PRE_EXEC_STEPS``: its directory, a helper beside the instance, exec'd at
+once), exec.
 The instance's pid is the warm child's, and its parent is the booster.
+
+Nothing runs as the user but those steps and the exec: no code of the
+user's, and no copy of this child's memory outlives them (a helper is
+``posix_spawn``ed, not forked).  With an empty pool this child is a fork of
+the booster (``booster.pool.fork_child``), so those few steps are the only
+time a copy of the booster's memory runs with the user's uid, non-dumpable
+(``drop_privileges``).
 
 The child reports a failure before exec as one JSON line on the order socket,
 then exits with a reserved code; a successful exec closes the socket
@@ -355,44 +363,30 @@ def make_dirs(order: SpawnOrder, path: str) -> None:
         posix.mkdir(path, 0o777)
 
 
-def start_helper(order: SpawnOrder, fd: int, target: str, *args) -> None:
-    """Run ``target`` ("module:function") beside the instance, in a fork of this
-    child that alone keeps descriptor ``fd`` (closed here): ``function(fd, env,
-    *args)``, then it exits.  The instance is its parent: the helper dies with
-    it (parent-death signal), and it is the instance's to reap (runsvdir reaps
-    every child at its next scan, within 5 s).  One fork only: this child may
-    be a fork of the booster, and a second fork (to make the booster the
-    helper's parent) would copy the booster's page tables once more: 2 ms of
-    CPU per login in a login storm."""
-    instance = posix.getpid()
-    if posix.fork() == 0:
-        _run_helper(order, fd, instance, target, args)
+def start_helper(order: SpawnOrder, fd: int, python: str, source: str, *args) -> None:
+    """Start a helper beside the instance: ``python -I -S -c source PID FD
+    *args`` (PID: this child's, the instance's to be; FD: ``fd``), which alone
+    keeps descriptor ``fd`` (closed here), in the instance's environment.
+    ``posix_spawn`` execs the interpreter at once (vfork: no copy of this
+    child's memory, which may be the booster's, ever runs), and the helper
+    reads no file of the booster's (``booster.user_program``).  It inherits
+    0, 1, 2 and ``fd``: everything else here is close-on-exec.  The instance
+    is its parent: the helper sets its own parent-death signal, and it is
+    the instance's to reap (runsvdir reaps every child at its next scan,
+    within 5 s)."""
+    argv = [python, "-I", "-S", "-c", source, str(posix.getpid()), str(fd), *map(str, args)]
+    try:
+        posix.posix_spawn(python, argv, dict(order.env), setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
+    except OSError as exc:
+        raise StepFailed(f"cannot start the helper {python}: {exc.strerror}") from None
     posix.close(fd)
 
 
-def _run_helper(order: SpawnOrder, fd: int, instance: int, target: str, args) -> None:
-    code = 0
-    try:
-        set_parent_death_signal(_signal.SIGKILL)
-        if posix.getppid() != instance:
-            posix._exit(0)  # the instance is already gone
-        keep = sorted({0, 1, 2, fd})
-        for low, high in zip(keep, keep[1:] + [1 << 20]):
-            posix.closerange(low + 1, high)  # the order socket above all: its end-of-file means "exec'd"
-        module, _, function = target.partition(":")
-        getattr(__import__(module, fromlist=[function]), function)(fd, order.env, *args)
-    except BaseException as exc:  # noqa: BLE001 - a helper reports on stderr and ends
-        _say(f"booster: the helper {target} failed: {type(exc).__name__}: {exc}")
-        code = 1
-    posix._exit(code)
+class StepFailed(Exception):
+    """A step before the exec failed; the text says why."""
 
 
-def _say(line: str) -> None:
-    """One line on stderr: the instance's output, which the booster logs."""
-    try:
-        posix.write(2, (line + "\n").encode())
-    except OSError:
-        pass
+_DEFAULT_SIGNALS = frozenset(_signal.valid_signals()) - {_signal.SIGKILL, _signal.SIGSTOP}
 
 
 PRE_EXEC_STEPS = {"make_dirs": make_dirs, "start_helper": start_helper}
