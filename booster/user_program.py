@@ -21,11 +21,13 @@ paths the program needs (the interpreter, the standard library directories
 it reads) for search and read permission by others, then runs the program
 once as ``nobody`` in its check mode.  Whatever fails refuses the start with
 the path users cannot reach (``Unrunnable``), instead of failing every
-login later.
+login later.  Where the kernel has no ``nobody`` to switch to (a user
+namespace that does not map it), the walk alone decides, and the log says so.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import pwd
@@ -33,7 +35,7 @@ import stat
 import subprocess
 import sys
 
-from booster import safefs
+from booster import log, safefs
 
 NOBODY = "nobody"
 NOBODY_ID = 65534   # the kernel's overflow uid: what "nobody" is where no account says otherwise
@@ -129,7 +131,13 @@ def run_as_nobody(argv: list[str], what: str) -> None:
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=CHECK_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise Unrunnable(f"{shown}, run as uid {uid}, did not answer within {CHECK_TIMEOUT:g} s") from None
-    except (OSError, subprocess.SubprocessError) as exc:
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # uid or gid not mapped in this user namespace
+            log.get("booster").warning("cannot run a program as nobody here; the path check alone says users can "
+                                       "run it", program=what, uid=uid, error=exc.strerror)
+            return
+        raise Unrunnable(f"cannot run {shown} as uid {uid}: {exc}") from None
+    except subprocess.SubprocessError as exc:
         raise Unrunnable(f"cannot run {shown} as uid {uid}: {exc}") from None
     if done.returncode != 0 or done.stdout != b"ok\n":
         said = done.stderr.decode(errors="replace").strip().splitlines()

@@ -239,6 +239,54 @@ def test_the_start_up_check_runs_the_helper_as_nobody():
         assert user_program.unreachable(secret) is None
 
 
+def test_without_a_nobody_to_switch_to_the_walk_alone_decides():
+    """In a user namespace that maps no ``nobody`` (uid 0 alone), switching
+    to it fails with EINVAL: the start-up check then rests on the path walk,
+    and says so, instead of refusing a start it could not test."""
+    import ctypes
+
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    out_r, out_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.dup2(out_w, 1)
+            os.dup2(out_w, 2)
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER
+                raise OSError(ctypes.get_errno(), "unshare")
+            os.write(ready_w, b"x")
+            os.read(go_r, 1)  # until the parent has written the maps
+            sys.stdout = open(1, "w", closefd=False)  # pytest's capture is not fd 1
+            user_program.run_as_nobody(["/bin/true"], "a test")
+            sys.stdout.flush()
+            code = 0
+        except BaseException as exc:  # noqa: BLE001
+            os.write(2, f"error {exc!r}\n".encode())
+        finally:
+            os._exit(code)
+    for fd in (ready_w, go_r, out_w):
+        os.close(fd)
+    try:
+        assert os.read(ready_r, 1) == b"x"
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{pid}/{name}", "w") as fh:
+                fh.write("0 0 1\n")
+        os.write(go_w, b"x")
+        with os.fdopen(out_r, "rb") as fh:
+            out_r = -1
+            said = fh.read().decode(errors="replace")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        for fd in (ready_r, go_w, out_r):
+            if fd >= 0:
+                os.close(fd)
+    assert status == 0, said
+    assert "cannot run a program as nobody here" in said and "uid=65534" in said, said
+
+
 def test_a_helper_that_cannot_start_fails_the_login_for_good_at_once(booster_factory):
     with pamkit.temp_user() as user, copied_interpreter(0o755) as (top, python, program):
         install_autostart(user, "runit")
