@@ -363,22 +363,22 @@ def make_dirs(order: SpawnOrder, path: str) -> None:
         posix.mkdir(path, 0o777)
 
 
-def start_helper(order: SpawnOrder, fd: int, python: str, source: str, *args) -> None:
-    """Start a helper beside the instance: ``python -I -S -c source PID FD
-    *args`` (PID: this child's, the instance's to be; FD: ``fd``), which alone
-    keeps descriptor ``fd`` (closed here), in the instance's environment.
-    ``posix_spawn`` execs the interpreter at once (vfork: no copy of this
+def start_helper(order: SpawnOrder, fd: int, program, *args) -> None:
+    """Start a helper beside the instance: ``program`` (a command line, such as
+    ``booster.user_program.UserProgram.program``) followed by ``PID FD
+    *args`` (PID: this child's, the instance's to be; FD: ``fd``), in the
+    instance's environment; the helper alone keeps ``fd`` (closed here).
+    ``posix_spawn`` execs the program at once (vfork: no copy of this
     child's memory, which may be the booster's, ever runs), and the helper
-    reads no file of the booster's (``booster.user_program``).  It inherits
-    0, 1, 2 and ``fd``: everything else here is close-on-exec.  The instance
-    is its parent: the helper sets its own parent-death signal, and it is
-    the instance's to reap (runsvdir reaps every child at its next scan,
-    within 5 s)."""
-    argv = [python, "-I", "-S", "-c", source, str(posix.getpid()), str(fd), *map(str, args)]
+    reads no file of the booster's.  It inherits 0, 1, 2 and ``fd``:
+    everything else here is close-on-exec.  The instance is its parent: the
+    helper sets its own parent-death signal, and it is the instance's to reap
+    (runsvdir reaps every child at its next scan, within 5 s)."""
+    argv = [*program, str(posix.getpid()), str(fd), *map(str, args)]
     try:
-        posix.posix_spawn(python, argv, dict(order.env), setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
+        posix.posix_spawn(argv[0], argv, dict(order.env), setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
     except OSError as exc:
-        raise StepFailed(f"cannot start the helper {python}: {exc.strerror}") from None
+        raise StepFailed(f"cannot start the helper {argv[0]}: {exc.strerror}") from None
     posix.close(fd)
 
 

@@ -19,7 +19,7 @@ threat model they check).
 - no copy of the booster's memory runs as a user: with an empty pool (the
   spawned child a fork of the booster) the runit readiness helper, which runs
   as the user while the login waits, is the interpreter on the helper's
-  source, mapping nothing the booster alone maps.
+  code, mapping nothing the booster alone maps.
 
 Every test runs on each backend (``backend`` fixture).
 """
@@ -609,7 +609,7 @@ def test_no_process_of_the_user_holds_a_copy_of_the_boosters_memory(booster_fact
     """With an empty pool the spawned child is a fork of the booster; the
     runit readiness helper, which runs as the user for as long as the login
     waits, must still be a program of its own (the interpreter on the
-    helper's source), not a copy of the booster."""
+    helper's code), not a copy of the booster."""
     from booster import user_program
     from booster.backends.runit import READY_HELPER
 
@@ -645,7 +645,7 @@ def test_no_process_of_the_user_holds_a_copy_of_the_boosters_memory(booster_fact
             [helper] = helper_procs()
             program = user_program.UserProgram(READY_HELPER)
             assert helper.exe() == program.python
-            assert helper.cmdline()[:5] == program.argv()[:5], helper.cmdline()[:4]
+            assert helper.cmdline()[:6] == list(program.program), helper.cmdline()[:5]
             assert helper.uids() == (user.uid,) * 3
             helper_rss = helper.memory_info().rss
             assert helper_rss * 2 < booster_rss, (helper_rss, booster_rss)

@@ -224,7 +224,8 @@ def test_the_start_up_check_runs_the_helper_as_nobody():
     helper = user_program.UserProgram(READY_HELPER)
     helper.check(HELPER_NEEDS)  # this installation: every user can run it
     broken = user_program.UserProgram(READY_HELPER)
-    broken.source = "import sys\nsys.stderr.write('no luck here\\n')\nsys.exit(3)\n"
+    broken.program = broken.program[:5] + (user_program.compiled(
+        "broken", "import sys\nsys.stderr.write('no luck here\\n')\nsys.exit(3)\n"),)
     with pytest.raises(user_program.Unrunnable, match="exited with status 3: no luck here"):
         broken.check(HELPER_NEEDS)
     with tempfile.TemporaryDirectory() as top:  # 0700

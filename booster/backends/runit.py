@@ -11,8 +11,8 @@ runit has no readiness protocol of its own, so the booster brings one: the
 helper (``booster.backends.runit_ready``) runs as the user beside the
 instance, waits until every service is up (running, and its ``check``, if
 any, passing) and writes one line to a pipe the booster reads.  It is the
-booster's interpreter started afresh on the helper's source text, which the
-booster reads when it starts (``booster.user_program``): the user's process
+booster's interpreter started afresh on the helper's code, which the
+booster reads and compiles when it starts (``booster.user_program``): the user's process
 needs no file of the booster's, and ``check`` makes sure at start-up that
 every user can run it.  The booster writes nothing for a runit instance, and
 each login starts the processes a direct start would (runsvdir, a runsv per
@@ -120,5 +120,5 @@ class RunitBackend(Backend):
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         os.set_blocking(ready_w, True)
         pre_exec = (("make_dirs", svdir),
-                    ("start_helper", READY_FD, self.helper.python, self.helper.source, svdir, repr(deadline)))
+                    ("start_helper", READY_FD, self.helper.program, svdir, repr(deadline)))
         return RunitLaunch((self.runsvdir, "-P", svdir), pre_exec, ready_r, ready_w, spec.account.name)

@@ -1,4 +1,3 @@
-# booster-ready: the runit readiness helper of dinit-booster, run as the user (python -I -S -c <this text>)
 """The runit backend's readiness helper: a program of its own that tells the
 booster once the user's runit services are up.
 
@@ -6,17 +5,17 @@ runit has no readiness protocol of its own.  This runs as the user, beside the
 instance: just before the spawned child execs ``runsvdir`` it starts this with
 ``posix_spawn`` (``booster.spawn.start_helper``) as::
 
-    PYTHON -I -S -c SOURCE INSTANCE FD SVDIR DEADLINE
+    PYTHON -I -S -c BOOTSTRAP CODE INSTANCE FD SVDIR DEADLINE
 
 PYTHON is the interpreter the booster runs on (its real path, through a
-virtualenv to the interpreter it was made from) and SOURCE is the text of
-this file, which the booster read as root when it started
-(``booster.user_program``).  So the user's process reads no file of the
-booster's (an install users cannot read works), and no copy of the booster's
-memory runs as the user: ``posix_spawn`` execs the interpreter at once.  This
-file therefore imports only what the interpreter brings: built-in modules,
-and ``_ctypes`` from its standard library (for ``prctl``), never the
-booster's modules.
+virtualenv to the interpreter it was made from), and CODE is this file,
+which the booster read and compiled as root when it started; BOOTSTRAP runs
+it as ``__main__`` (``booster.user_program``).  So the user's process reads
+no file of the booster's (an install users cannot read works), and no copy
+of the booster's memory runs as the user: ``posix_spawn`` execs the
+interpreter at once.  This file therefore imports only what the interpreter
+brings: built-in modules, and ``_ctypes`` from its standard library (for
+``prctl``), never the booster's modules.
 
 Its parent is the instance (INSTANCE, the pid): it dies with it (parent-death
 signal), and the instance reaps it (runsvdir reaps every child at its next
@@ -42,7 +41,7 @@ line goes to FD and the helper exits:
   services that were not up, ``/``-separated, unprintable characters escaped;
 - ``fail TEXT``: the helper itself failed (it would fail again).
 
-``SOURCE check`` is the start-up check the booster runs as an unprivileged
+``... CODE check`` is the start-up check the booster runs as an unprivileged
 uid: the imports and the one libc call, then ``ok`` on stdout.
 """
 
