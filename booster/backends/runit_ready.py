@@ -55,6 +55,7 @@ import _signal
 POLL_STEP = 0.001     # seconds: the first wait between two looks, and how much each next one grows
 POLL_INTERVAL = 0.01  # seconds: the longest wait
 NAMES_LIMIT = 1024    # characters of service names on the ready line; the rest are counted
+REAP_WAIT = 0.1       # seconds to wait for killed checks to be reaped
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 _S_IFMT, _S_IFDIR = 0o170000, 0o040000
@@ -102,12 +103,25 @@ def wait_ready(svdir: str, deadline: float) -> list[str]:
             pause = min(POLL_INTERVAL, pause + POLL_STEP)
             time.sleep(min(pause, left))
     finally:
-        for pid in checks.values():  # still running at the deadline: killed, with what they started
-            try:
-                posix.killpg(pid, _signal.SIGKILL)
-            except OSError:
-                pass
-            posix.waitpid(pid, 0)
+        end_checks(checks)
+
+
+def end_checks(checks: dict[str, int]) -> None:
+    """Kill the checks still running, with what they started, and reap them,
+    waiting at most REAP_WAIT: one that the user cannot kill (it became a
+    setuid program) is left to whoever inherits it."""
+    for pid in checks.values():
+        try:
+            posix.killpg(pid, _signal.SIGKILL)
+        except OSError:
+            pass
+    until = time.monotonic() + REAP_WAIT
+    left = set(checks.values())
+    while left:
+        left = {pid for pid in left if posix.waitpid(pid, posix.WNOHANG)[0] == 0}
+        if not left or time.monotonic() >= until:
+            return
+        time.sleep(POLL_STEP)
 
 
 def services(svdir: str) -> list[str]:
