@@ -14,6 +14,8 @@ import posix
 import _ctypes
 
 PR_SET_PDEATHSIG = 1
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -38,16 +40,19 @@ class _Libc:
 _prctl_call = None
 
 
-def prctl(option: int, arg) -> None:
-    """prctl(option, arg, 0, 0, 0); ``arg`` an int, or bytes for a string."""
+def prctl(option: int, arg) -> int:
+    """prctl(option, arg, 0, 0, 0); ``arg`` an int, or bytes for a string.
+    Returns what it returned (not negative: a failure raises OSError)."""
     global _prctl_call
     if _prctl_call is None:
         _Libc._handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
         _prctl_call = _LibcCall(("prctl", _Libc))
     value = arg if isinstance(arg, bytes) else _CULong(arg)
-    if _prctl_call(option, value, _CULong(0), _CULong(0), _CULong(0)) != 0:
+    result = _prctl_call(option, value, _CULong(0), _CULong(0), _CULong(0))
+    if result < 0:
         err = _ctypes.get_errno()
         raise OSError(err, posix.strerror(err))
+    return result
 
 
 def set_parent_death_signal(sig: int) -> None:

@@ -25,11 +25,19 @@ order means the pool is shrinking: it exits 0.
 The order is carried out in one straight line (``become_instance``): signals
 reset, sane limits, descriptors installed, [the instance's PAM session opened
 (``booster.instance_pam``), signals reset again], everything else closed,
-supplementary groups then gid then uid dropped, the result verified, the
-parent-death signal set (a credential change clears it), cwd = home, the
-backend's steps (``PRE_EXEC_STEPS``: its directory, a helper beside the
-instance), exec.
+supplementary groups then gid then uid dropped, the process made
+non-dumpable, the result verified, the parent-death signal set (a
+credential change clears it), cwd = home, the backend's steps
+(``PRE_EXEC_STEPS``: its directory, a helper beside the instance, exec'd at
+once), exec.
 The instance's pid is the warm child's, and its parent is the booster.
+
+Nothing runs as the user but those steps and the exec: no code of the
+user's, and no copy of this child's memory outlives them (a helper is
+``posix_spawn``ed, not forked).  With an empty pool this child is a fork of
+the booster (``booster.pool.fork_child``), so those few steps are the only
+time a copy of the booster's memory runs with the user's uid, non-dumpable
+(``drop_privileges``).
 
 The child reports a failure before exec as one JSON line on the order socket,
 then exits with a reserved code; a successful exec closes the socket
@@ -46,7 +54,7 @@ import _socket
 import fcntl
 import resource
 
-from booster.prctl import set_parent_death_signal, set_process_name  # noqa: F401 - set_process_name: helpers' too
+from booster.prctl import PR_GET_DUMPABLE, PR_SET_DUMPABLE, prctl, set_parent_death_signal, set_process_name
 
 # Reserved exit codes: the supervisor does not retry these, they will fail again.
 EXIT_PRIVILEGE = 201  # dropping privileges failed, or the check after it did
@@ -254,10 +262,21 @@ def capabilities() -> dict[str, int]:
 
 
 def drop_privileges(order: SpawnOrder) -> None:
-    """Supplementary groups, then gid, then uid; then check that all of it held."""
+    """Supplementary groups, then gid, then uid; then check that all of it held.
+
+    Until its exec this process keeps what it had as root in its memory (the
+    booster's own, in a fork of the booster: ``booster.pool.fork_child``), so
+    it is made non-dumpable right after the uid change: the user can neither
+    trace it nor read its memory (``/proc/PID/mem``, ``process_vm_readv``)
+    nor get a core dump of it.  The kernel does so itself on a uid change
+    unless ``fs.suid_dumpable`` is 1; the exec gives the instance the usual
+    flag back."""
     posix.setgroups(list(order.groups))
     posix.setresgid(order.gid, order.gid, order.gid)
     posix.setresuid(order.uid, order.uid, order.uid)
+    prctl(PR_SET_DUMPABLE, 0)
+    if prctl(PR_GET_DUMPABLE, 0) != 0:
+        raise PrivilegeError("still dumpable after PR_SET_DUMPABLE 0")
     if posix.getresuid() != (order.uid,) * 3:
         raise PrivilegeError(f"getresuid() is {posix.getresuid()}, expected {(order.uid,) * 3}")
     if posix.getresgid() != (order.gid,) * 3:
@@ -293,44 +312,30 @@ def make_dirs(order: SpawnOrder, path: str) -> None:
         posix.mkdir(path, 0o777)
 
 
-def start_helper(order: SpawnOrder, fd: int, target: str, *args) -> None:
-    """Run ``target`` ("module:function") beside the instance, in a fork of this
-    child that alone keeps descriptor ``fd`` (closed here): ``function(fd, env,
-    *args)``, then it exits.  The instance is its parent: the helper dies with
-    it (parent-death signal), and it is the instance's to reap (runsvdir reaps
-    every child at its next scan, within 5 s).  One fork only: this child may
-    be a fork of the booster, and a second fork (to make the booster the
-    helper's parent) would copy the booster's page tables once more: 2 ms of
-    CPU per login in a login storm."""
-    instance = posix.getpid()
-    if posix.fork() == 0:
-        _run_helper(order, fd, instance, target, args)
+def start_helper(order: SpawnOrder, fd: int, program, *args) -> None:
+    """Start a helper beside the instance: ``program`` (a command line, such as
+    ``booster.user_program.UserProgram.program``) followed by ``PID FD
+    *args`` (PID: this child's, the instance's to be; FD: ``fd``), in the
+    instance's environment; the helper alone keeps ``fd`` (closed here).
+    ``posix_spawn`` execs the program at once (vfork: no copy of this
+    child's memory, which may be the booster's, ever runs), and the helper
+    reads no file of the booster's.  It inherits 0, 1, 2 and ``fd``:
+    everything else here is close-on-exec.  The instance is its parent: the
+    helper sets its own parent-death signal, and it is the instance's to reap
+    (runsvdir reaps every child at its next scan, within 5 s)."""
+    argv = [*program, str(posix.getpid()), str(fd), *map(str, args)]
+    try:
+        posix.posix_spawn(argv[0], argv, dict(order.env), setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
+    except OSError as exc:
+        raise StepFailed(f"cannot start the helper {argv[0]}: {exc.strerror}") from None
     posix.close(fd)
 
 
-def _run_helper(order: SpawnOrder, fd: int, instance: int, target: str, args) -> None:
-    code = 0
-    try:
-        set_parent_death_signal(_signal.SIGKILL)
-        if posix.getppid() != instance:
-            posix._exit(0)  # the instance is already gone
-        keep = sorted({0, 1, 2, fd})
-        for low, high in zip(keep, keep[1:] + [1 << 20]):
-            posix.closerange(low + 1, high)  # the order socket above all: its end-of-file means "exec'd"
-        module, _, function = target.partition(":")
-        getattr(__import__(module, fromlist=[function]), function)(fd, order.env, *args)
-    except BaseException as exc:  # noqa: BLE001 - a helper reports on stderr and ends
-        _say(f"booster: the helper {target} failed: {type(exc).__name__}: {exc}")
-        code = 1
-    posix._exit(code)
+class StepFailed(Exception):
+    """A step before the exec failed; the text says why."""
 
 
-def _say(line: str) -> None:
-    """One line on stderr: the instance's output, which the booster logs."""
-    try:
-        posix.write(2, (line + "\n").encode())
-    except OSError:
-        pass
+_DEFAULT_SIGNALS = frozenset(_signal.valid_signals()) - {_signal.SIGKILL, _signal.SIGSTOP}
 
 
 PRE_EXEC_STEPS = {"make_dirs": make_dirs, "start_helper": start_helper}

@@ -733,7 +733,10 @@ class UserInstance:
                 # report how it ended when that comes within moments.
                 status = await _bounded(proc.exited, KILL_GRACE)
                 if status is None:
-                    raise StartFailed(str(exc)) from None
+                    text = str(exc)
+                    if proc.last_output:
+                        text += "; the instance's last output: " + " | ".join(proc.last_output)
+                    raise StartFailed(text, final=exc.final) from None
                 raise StartFailed(proc.died_before_ready(status, str(exc)), final=self._final(status),
                                   status=status) from None
             if not proc.alive:  # "ready, then exit" is a failed start too

@@ -74,6 +74,7 @@ class BoosterProc:
         self.log_path = base / "booster.log"
         self.proc: subprocess.Popen | None = None
         self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}  # the booster's whole environment
+        self.program: list[str] = [BOOSTER]  # what runs ``booster``: another install's, say
         self.wrapper: list[str] = []
         self._pid: int | None = None
         self._started: float | None = None
@@ -95,7 +96,7 @@ class BoosterProc:
         self.wrapper = wrapper or []
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.wrapper + [BOOSTER, "serve", "--config", str(self.config_path), "--ready-fd", str(ready_w)],
+                self.wrapper + self.program + ["serve", "--config", str(self.config_path), "--ready-fd", str(ready_w)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(ready_w,),
                 env=self.env,
             )

@@ -15,7 +15,11 @@ threat model they check).
 - a successor booster acts only on records the live system confirms; a
   runtime directory of root's is taken over only when empty;
 - bytes after the request, and status requests naming other users (with a
-  slow NSS module, built here, that logs every name it is asked about).
+  slow NSS module, built here, that logs every name it is asked about);
+- no copy of the booster's memory runs as a user: with an empty pool (the
+  spawned child a fork of the booster) the runit readiness helper, which runs
+  as the user while the login waits, is the interpreter on the helper's
+  code, mapping nothing the booster alone maps.
 
 Every test runs on each backend (``backend`` fixture).
 """
@@ -31,6 +35,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,7 +49,7 @@ from conftest import (BOOSTER, INVOKER, PAM_MODULE, PYTHON, as_user, exec_servic
 from harness import _toml
 from test_rundir import instance_env, refused_login
 from common import protocol as p
-from invoker.client import Refused, query_status
+from invoker.client import Client, Refused, query_status
 
 HOOK = str(Path(PAM_MODULE).with_name("pam_exec.py"))
 CONTROL_BYTES = bytes(range(0x20)).replace(b"\n", b"") + b"\x7f"
@@ -830,3 +835,65 @@ def test_a_changed_account_restarts_its_instance_and_keeps_its_sessions(booster_
             pamkit.terminate(holder)
         pamkit._groupdel(group)
     assert "changed=groups" in b.log() and "sessions_kept=True" in b.log()
+
+
+# --- 11. no memory of the booster's runs as a user (issue 14.5) -----------------------------------
+
+
+def mapped_files(pid: int) -> set[str]:
+    with open(f"/proc/{pid}/maps") as fh:
+        return {line.split(None, 5)[5].strip() for line in fh if len(line.split(None, 5)) == 6}
+
+
+@pytest.mark.parametrize("pool_size", [0, 2], ids=["empty-pool", "warm-child"])
+def test_no_process_of_the_user_holds_a_copy_of_the_boosters_memory(booster_factory, pool_size):
+    """With an empty pool the spawned child is a fork of the booster; the
+    runit readiness helper, which runs as the user for as long as the login
+    waits, must still be a program of its own (the interpreter on the
+    helper's code), not a copy of the booster."""
+    from booster import user_program
+    from booster.backends.runit import READY_HELPER
+
+    with pamkit.temp_user() as user:
+        install_autostart(user, "runit")
+        gate = os.path.join(user.home, "gate-open")
+        check = Path(user.home, ".config", "service", "hello", "check")
+        check.write_text(f'#!/bin/sh\n[ -e "{gate}" ]\n')
+        check.chmod(0o755)
+        os.chown(check, user.uid, user.gid)
+        b = booster_factory("runit", pool_size=pool_size, login_timeout=60)
+        # What only the booster's own memory maps: its extension modules (psutil's, at least).
+        booster_only = {path for path in mapped_files(b.pid) if "site-packages" in path}
+        assert any("psutil" in path for path in booster_only), booster_only
+        booster_rss = psutil.Process(b.pid).memory_info().rss
+        client = Client(b.socket, "test").connect()
+        answers: list = []
+        opening = threading.Thread(target=lambda: answers.append(client.open_session(
+            user.name, leader_pid=os.getpid(), flags=int(p.OpenFlags.KEEP_CONNECTION), timeout=60)))
+        opening.start()
+        try:
+            def helper_procs():
+                return [q for q in pamkit.procs_of_uid(user.uid, zombies=False) if q.name() == "booster-ready"]
+
+            pamkit.wait_for(helper_procs, 10, desc="the readiness helper")
+            assert (b.user(user.name) or {}).get("state") == "starting"  # the login waits on the check
+            for proc in pamkit.procs_of_uid(user.uid, zombies=False):
+                try:
+                    shared = mapped_files(proc.pid) & booster_only
+                except FileNotFoundError:
+                    continue  # a check that just ended
+                assert not shared, (proc.pid, proc.cmdline(), shared)
+            [helper] = helper_procs()
+            program = user_program.UserProgram(READY_HELPER)
+            assert helper.exe() == program.python
+            assert helper.cmdline()[:6] == list(program.program), helper.cmdline()[:5]
+            assert helper.uids() == (user.uid,) * 3
+            helper_rss = helper.memory_info().rss
+            assert helper_rss * 2 < booster_rss, (helper_rss, booster_rss)
+            open(gate, "w").close()
+            opening.join(15)
+            assert answers, b.log()
+        finally:
+            opening.join(60)
+            client.close()
+    wait_gone(user.uid)

@@ -23,7 +23,12 @@ class BackendError(Exception):
 
 
 class StartError(Exception):
-    """The instance did not become ready; ``text`` says why."""
+    """The instance did not become ready; the text says why.  ``final``: it
+    would fail the same way again (not retried)."""
+
+    def __init__(self, text: str, *, final: bool = False) -> None:
+        super().__init__(text)
+        self.final = final
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
