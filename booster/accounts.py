@@ -150,6 +150,14 @@ class AccountLookups:
         _check_name(name)
         return await self._get(("name", name), self._by_name, name)
 
+    def cached(self, name: str) -> Account | None:
+        """The account called ``name`` if an answer for it is kept and fresh,
+        else None (no lookup: the caller takes the path that waits for one)."""
+        hit = self._cache.get(("name", name))
+        if hit is None or hit[0] <= self._loop.time() or hit[2] is not None:
+            return None
+        return hit[1]
+
     async def name_of(self, uid: int) -> str | None:
         """The name of ``uid``, or None; raises LookupStalled."""
         return await self._get(("uid", uid), self._by_uid, uid)

@@ -368,11 +368,16 @@ class Booster:
 
     # --- connections and sessions ---------------------------------------------------------
 
-    def add_connection(self, sock: socket.socket, cred) -> None:
-        """A connection the listener admitted (``server.Admission``)."""
-        conn = ClientConnection(self, sock, cred)
+    def add_connection(self, sock: socket.socket, cred, first: bytes = b"", *, conn: ClientConnection | None = None,
+                       phase: str = "handshake") -> None:
+        """A connection the listener admitted (``server.Admission``); ``first``:
+        what the listener read of it; ``conn`` and ``phase``: a connection
+        ``server.fast_open`` answered already."""
+        if conn is None:
+            conn = ClientConnection(self, sock, cred)
+        conn.phase = "busy" if phase == "answered" else conn.phase
         self.connections.add(conn)
-        task = self.loop.create_task(conn.run())
+        task = self.loop.create_task(conn.run(phase, first))
         self._conn_tasks.add(task)
         task.add_done_callback(self._conn_tasks.discard)
 
@@ -403,7 +408,6 @@ class Booster:
             if not still_parent(peer_pid, leader):
                 session.watch.cancel()
                 raise Refused(p.ErrorCode.LEADER_UNKNOWN, "the session leader changed while it was identified")
-            session.leader_started = start_ticks(leader)  # a reexec re-makes the watch: which process it was
         self._next_session += 1
         user = self.user_of(account)
         session.user = user

@@ -31,6 +31,11 @@ class Watch:
             self.active = False
             self.watcher._cancel(self)
 
+    def gone(self) -> bool:
+        """Has the process exited, as far as the kernel has told (whether or
+        not the loop has called back yet)?"""
+        return not self.active or self.watcher._gone(self)
+
     def fire(self) -> None:
         if self.active:
             self.active = False
@@ -52,6 +57,10 @@ class LeaderWatcher(abc.ABC):
         """Stop watching for ``handle``."""
 
     @abc.abstractmethod
+    def _gone(self, handle: Watch) -> bool:
+        """Has ``handle``'s process exited (callback made or not)?"""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Stop watching anything."""
 
@@ -64,12 +73,21 @@ class PidfdWatcher(LeaderWatcher):
         self._fds: dict[Watch, int] = {}
 
     def watch(self, pid: int, callback: Callable[[], None]) -> Watch:
-        fd = os.pidfd_open(pid)
-        os.set_inheritable(fd, False)
+        fd = os.pidfd_open(pid)  # close-on-exec, as pidfd_open(2) always makes it
         handle = Watch(self, pid, callback)
         self._fds[handle] = fd
         self._loop.add_reader(fd, handle.fire)
         return handle
+
+    def _gone(self, handle: Watch) -> bool:
+        fd = self._fds.get(handle)
+        if fd is None:
+            return True
+        import select  # a reexec's handover asks, never a login
+
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))  # a pidfd is readable once its process has exited
 
     def _cancel(self, handle: Watch) -> None:
         fd = self._fds.pop(handle, None)
@@ -107,6 +125,16 @@ class ProcConnectorWatcher(LeaderWatcher):
         if not alive:
             self._loop.call_soon(handle.fire)
         return handle
+
+    def _gone(self, handle: Watch) -> bool:
+        # Its exit event may wait in the socket still: ask the process table.
+        try:
+            os.kill(handle.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return _state(handle.pid) == "Z"
 
     def _cancel(self, handle: Watch) -> None:
         handles = self._by_pid.get(handle.pid)

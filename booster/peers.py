@@ -53,10 +53,16 @@ def parent_of(pid: int) -> int:
     return _ids(pid)[1]
 
 
-def identify_leader(peer_pid: int, claimed: int) -> int | None:
-    """The booster's pid for the leader the client claims, or None."""
+def identify_leader(peer_pid: int, claimed: int, same_pidns: bool = False) -> int | None:
+    """The booster's pid for the leader the client claims, or None.
+    ``same_pidns``: the client says it is in the booster's PID namespace, so a
+    client that names its own pid (the in-process PAM modes) names itself,
+    with no /proc to read (a client that says so falsely can only bind the
+    session to itself: its own process is the one with that pid)."""
     if peer_pid <= 0 or claimed <= 0:
         return None
+    if same_pidns and claimed == peer_pid:
+        return peer_pid
     try:
         own, parent = _ids(peer_pid)
         if own == claimed:

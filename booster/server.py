@@ -37,6 +37,7 @@ from booster.accounts import LookupStalled, UnknownUser
 from booster.peers import PeerCred, identify_leader, peer_cred
 from booster.users import StartFailed
 from common import protocol as p
+from common import wire
 from common.wire import disconnect_async
 
 AGENT = "booster/0.1"
@@ -46,6 +47,7 @@ LOGIN_MARGIN = 1.0        # beyond login_timeout before a waiting session is dro
 LISTEN_BACKLOG = 4096     # the kernel caps it at net.core.somaxconn
 ACCEPT_BATCH = 64         # connections taken per wake-up: a flood must not starve the loop
 ACCEPT_PAUSE = 0.1        # seconds without accepting after EMFILE and the like
+FIRST_WAIT = 0.1          # seconds a root peer's first bytes are awaited without a connection task
 REFUSAL_LOG_INTERVAL = 1.0  # seconds: refusals beyond the first are summed into one line per interval
 
 
@@ -145,6 +147,7 @@ class Listener:
         self._accept_errors = ThrottledLog(self._log, "accept failed")
         self._paused: asyncio.TimerHandle | None = None
         self._held = False  # a reexec holds new connections in the backlog
+        self._awaiting: dict[int, tuple] = {}  # fd -> (socket, cred, timer) of root peers not yet heard from
 
     def open(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
@@ -174,6 +177,7 @@ class Listener:
 
     def hold(self) -> None:
         """Accept nothing for now: new connections wait in the listen backlog."""
+        self._serve_awaited()  # connections of their own, which a reexec holds and carries
         if self.sock is not None and not self._held:
             self._held = True
             if self._paused is None:
@@ -205,7 +209,62 @@ class Listener:
                 self._refuse(conn, cred, reason)
                 continue
             conn.setblocking(False)
-            self.booster.add_connection(conn, cred)
+            first = b""
+            if cred.uid == 0:
+                # A PAM module's HELLO and OPEN_SESSION come in one write, right
+                # behind the connect: usually here already.  A warm login is
+                # answered from here (``fast_open``), without a task.
+                try:
+                    first = conn.recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    self._await_first(conn, cred)
+                    continue
+                except OSError:  # broken: the connection's own reading finds out
+                    pass
+            self._serve(conn, cred, first)
+
+    def _serve(self, conn: socket.socket, cred: PeerCred, first: bytes) -> None:
+        """Hand an admitted connection on: answered at once if ``first`` (what
+        came first) is a warm login, else to a connection of its own."""
+        answered = fast_open(self.booster, conn, cred, first) if first else None
+        if answered is not None:
+            self.booster.add_connection(conn, cred, conn=answered, phase="answered")
+        else:
+            self.booster.add_connection(conn, cred, first)
+
+    def _await_first(self, conn: socket.socket, cred: PeerCred) -> None:
+        """A root peer's first bytes are not here yet (a PAM module checks who
+        listens before it writes): the loop calls back when they come, and the
+        connection is served then; after FIRST_WAIT, or when a reexec holds
+        connections or the booster stops, it is served as it is."""
+        loop = asyncio.get_running_loop()
+        fd = conn.fileno()
+
+        def arrived() -> None:
+            self._first_done(fd)
+            try:
+                first = conn.recv(65536)
+            except OSError:
+                first = b""  # the connection's own reading finds out
+            self._serve(conn, cred, first)
+
+        loop.add_reader(fd, arrived)
+        self._awaiting[fd] = (conn, cred, loop.call_later(FIRST_WAIT, self._serve_awaited, fd))
+
+    def _first_done(self, fd: int) -> tuple | None:
+        awaited = self._awaiting.pop(fd, None)
+        if awaited is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            awaited[2].cancel()
+        return awaited
+
+    def _serve_awaited(self, fd: int | None = None) -> None:
+        """Serve the connection(s) still awaiting their first bytes (one, or all)
+        as they are."""
+        for key in [fd] if fd is not None else list(self._awaiting):
+            awaited = self._first_done(key)
+            if awaited is not None:
+                self.booster.add_connection(awaited[0], awaited[1])
 
     def _refuse(self, conn: socket.socket, cred: PeerCred, reason: str) -> None:
         self._refusals.note(cred.uid, peer_uid=cred.uid, peer_pid=cred.pid, reason=reason)
@@ -232,6 +291,7 @@ class Listener:
     def close(self) -> None:
         if self.sock is None:
             return
+        self._serve_awaited()  # connections of their own, which the stop ends in order
         loop = asyncio.get_running_loop()
         if self._paused is not None:
             self._paused.cancel()
@@ -285,11 +345,23 @@ class ClientConnection:
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.hello: p.Hello | None = None
         self.session = None
-        self._reading = False  # we read the client (our reader callback is registered, unless held)
+        self._reading = False  # we read the client (until its end-of-file or a protocol error)
+        self._watching = False  # our reader callback is registered (only while we wait for the client)
         self._held = booster.quiescing  # a reexec holds what the client sends in the socket
         self.phase = "handshake"  # where it waits (PHASES_CARRIED) or "busy"
         self.following: tuple[int, int, int] | None = None  # a followed log: (uid, next seq, lines sent)
-        self._log = log.get("conn", peer_pid=self.cred.pid, peer_uid=self.cred.uid)
+        self._held_out = b""  # our HELLO, written with the first frame of the answer to a pipelined request
+        self._logger = None  # made when first needed (a warm login's first line comes after its READY)
+
+    @property
+    def _log(self):
+        if self._logger is None:
+            self._logger = log.get("conn", peer_pid=self.cred.pid, peer_uid=self.cred.uid)
+        return self._logger
+
+    @_log.setter
+    def _log(self, logger) -> None:
+        self._logger = logger
 
     # --- a reexec -----------------------------------------------------------------------
 
@@ -310,14 +382,13 @@ class ClientConnection:
         stays in the socket for the new code."""
         if not self._held:
             self._held = True
-            if self._reading:
-                self.loop.remove_reader(self.sock.fileno())
+            self._unwatch()
 
     def release_hold(self) -> None:
         if self._held:
             self._held = False
             if self._reading:
-                self.loop.add_reader(self.sock.fileno(), self._on_readable)
+                self._watch()
                 self._on_readable()
 
     def to_handover(self, fds) -> dict:
@@ -373,27 +444,64 @@ class ClientConnection:
                 return
             except OSError:
                 data = None
-            try:
-                for msg in self.proto.receive_data(data or b""):
-                    self.inbox.put_nowait(("msg", msg))
-            except p.RemoteProtocolError as exc:
-                self._remote_error = exc
-                self.inbox.put_nowait(("bad", exc))
-                self._stop_reading()
-                return
-            if not data:
-                self.inbox.put_nowait(("eof", None))
-                self._stop_reading()
-                return
+            self._take(data)
+
+    async def _first_bytes(self) -> bytes:
+        """What the client sends first, once it comes (within the idle
+        timeout; b"" for nothing, its end-of-file, or an error, which the usual
+        reading then finds out)."""
+        fd = self.sock.fileno()
+        readable = self.loop.create_future()
+        self.loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+        try:
+            await asyncio.wait_for(readable, self.idle_timeout)
+        except asyncio.TimeoutError:
+            return b""
+        finally:
+            self.loop.remove_reader(fd)
+        if self._held:
+            return b""  # a reexec holds what clients send: the usual reading waits for it to pass
+        try:
+            return self.sock.recv(65536)
+        except OSError:
+            return b""
+
+    def _take(self, data: bytes | None) -> None:
+        """Queue the messages ``data`` (read from the client) completes; b"" or
+        None: its end-of-file (or a broken connection)."""
+        try:
+            for msg in self.proto.receive_data(data or b""):
+                self.inbox.put_nowait(("msg", msg))
+        except p.RemoteProtocolError as exc:
+            self._remote_error = exc
+            self.inbox.put_nowait(("bad", exc))
+            self._stop_reading()
+            return
+        if not data:
+            self.inbox.put_nowait(("eof", None))
+            self._stop_reading()
 
     def _stop_reading(self) -> None:
-        if self._reading:
-            self._reading = False
-            if not self._held:
-                self.loop.remove_reader(self.sock.fileno())
+        self._reading = False
+        self._unwatch()
+
+    def _watch(self) -> None:
+        """Have the loop read the client as it sends (we are about to wait for it)."""
+        if self._reading and not self._held and not self._watching:
+            self._watching = True
+            self.loop.add_reader(self.sock.fileno(), self._on_readable)
+            self._on_readable()  # what came meanwhile
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._watching = False
+            self.loop.remove_reader(self.sock.fileno())
 
     async def _next(self, timeout: float | None):
         if not self.inbox.empty():  # already here: no waiting task, no timer
+            return self.inbox.get_nowait()
+        self._watch()
+        if not self.inbox.empty():
             return self.inbox.get_nowait()
         try:
             return await asyncio.wait_for(self.inbox.get(), timeout)
@@ -419,6 +527,8 @@ class ClientConnection:
             # exchange is over by its doing, not ours.
             raise Refused(self._remote_error.code, str(self._remote_error))
         data = self.proto.send(msg)
+        if self._held_out:
+            data, self._held_out = self._held_out + data, b""
         try:
             # A frame nearly always fits the socket buffer whole: only the rest, if
             # any, needs the loop (and the bound on a client that does not read).
@@ -434,6 +544,19 @@ class ClientConnection:
         except (OSError, asyncio.TimeoutError):
             raise _Gone() from None
 
+    def _flush_held(self) -> None:
+        """Write our held HELLO now: the answer it was held for did not come in
+        the same turn of the loop (it waits for an account lookup, say)."""
+        held, self._held_out = self._held_out, b""
+        if held:
+            try:
+                sent = self.sock.send(held)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                return  # the client has gone: whatever comes next finds out
+            self._held_out = held[sent:]  # a full socket buffer: the next frame takes the rest along
+
     def _end_sending(self) -> None:
         """Shut down our write side ahead of the orderly disconnect (which
         shuts it down again, harmlessly, and waits for the client's end-of-file)."""
@@ -444,12 +567,23 @@ class ClientConnection:
 
     # --- the request ------------------------------------------------------------------------
 
-    async def run(self, phase: str = "handshake") -> None:
-        """Serve the connection; ``phase``: where one handed over by a reexec stood."""
+    async def run(self, phase: str = "handshake", first: bytes = b"") -> None:
+        """Serve the connection; ``phase``: where one handed over by a reexec
+        stood; ``first``: what the listener read of it already."""
         # The client's HELLO is usually there already: read it now, then as it comes.
-        self._reading = phase != "closing"
+        # Read what is there; the loop watches the client only once we wait for
+        # it (a warm login's whole exchange is usually there at once: no
+        # registration with the loop, and none to undo, for it).
+        if phase == "handshake" and not first and self.cred.uid == 0 and not self._held:
+            # The listener found nothing to read yet: a PAM module checks who
+            # listens before it writes.  What comes first may still be a warm login.
+            first = await self._first_bytes()
+            if first and fast_open(self.booster, self.sock, self.cred, first, self) is not None:
+                phase, first = "answered", b""
+        self._reading = phase not in ("closing", "answered")
+        if first:
+            self._take(first)
         if self._reading and not self._held:
-            self.loop.add_reader(self.sock.fileno(), self._on_readable)
             self._on_readable()
         try:
             try:
@@ -457,6 +591,8 @@ class ClientConnection:
                     await self._carry(self.session)
                 elif phase == "reexec":
                     await self._reexec_done()
+                elif phase == "answered":
+                    await self._answered()
                 elif phase == "following":
                     await self._follow(*self.following)
                 elif phase != "closing":
@@ -482,8 +618,9 @@ class ClientConnection:
 
     async def _send_error(self, code: p.ErrorCode, text: str) -> None:
         if self.proto.state in (p.State.ERROR, p.State.DONE):
-            # After a protocol error the exchange is over; the frame is still owed.
-            data = p.encode(p.Error(code=code, text=text[:1024]))
+            # After a protocol error the exchange is over; the frame is still owed
+            # (after our HELLO, if it is still held).
+            data, self._held_out = self._held_out + p.encode(p.Error(code=code, text=text[:1024])), b""
             try:
                 await asyncio.wait_for(self.loop.sock_sendall(self.sock, data), SEND_TIMEOUT)
             except (OSError, asyncio.TimeoutError):
@@ -500,8 +637,15 @@ class ClientConnection:
             hello = await self._next_message(self.idle_timeout)
             self._set_phase("busy")
             self.hello = hello  # the state table admits only HELLO first
-            flags = p.HelloFlags.PEER_VISIBLE if self.cred.pid > 0 else 0
-            await self.send(p.Hello(pid=os.getpid(), pidns=_own_pidns(), flags=int(flags), agent=AGENT))
+            reply, frame = _server_hello(self.cred.pid > 0)
+            if self.inbox.empty() or self._remote_error is not None:
+                await self.send(reply)
+            else:
+                # The request came right behind the HELLO (pipelined): our HELLO
+                # goes out with the answer's first frame, one write for both,
+                # or on its own in the loop's next turn if the answer waits.
+                self._held_out = self.proto.sent(reply, frame)
+                self.loop.call_soon(self._flush_held)
         self._set_phase("request")
         request = await self._next_message(self.idle_timeout)
         self._set_phase("busy")
@@ -527,7 +671,7 @@ class ClientConnection:
         await self.booster.take_over_uid(account)  # the uid's instance may still be another account's
         keep = bool(req.flags & p.OpenFlags.KEEP_CONNECTION
                     or req.flags & p.OpenFlags.KEEP_IF_UNSEEN and self.cred.pid <= 0)
-        leader = identify_leader(self.cred.pid, req.leader_pid)
+        leader = identify_leader(self.cred.pid, req.leader_pid, self.hello.pidns == _own_pidns())
         if leader is None and not keep:
             if self.cred.pid > 0:
                 raise Refused(p.ErrorCode.LEADER_UNKNOWN,
@@ -554,11 +698,28 @@ class ClientConnection:
         if keep:
             await self._carry(session)
 
+    async def _answered(self) -> None:
+        """After ``fast_open`` answered a warm login: what ``_open`` does after
+        its READY (the rest of the answer, if the socket took only part of it;
+        our end-of-file; the log lines)."""
+        if self._held_out:
+            rest, self._held_out = self._held_out, b""
+            try:
+                await asyncio.wait_for(self.loop.sock_sendall(self.sock, rest), SEND_TIMEOUT)
+            except (OSError, asyncio.TimeoutError):
+                raise _Gone() from None
+            self._end_sending()
+        session = self.session
+        self._log = self._log.bind(user=session.user.account.name, session=session.id)
+        self.booster.log_opened(session)
+        self._log.info("session ready", leader=session.leader_pid, bound=False)
+
     async def _await_ready(self, session):
         """Wait for the instance; a bound session's client may leave meanwhile."""
         if session.ready.done():  # it was ready already (a warm login): nothing to wait for
             return self._ready_env(session)
         timeout = self.booster.config.login_timeout + LOGIN_MARGIN
+        self._watch()  # the client may give up meanwhile: its end-of-file says so
         getter = self.loop.create_task(self.inbox.get())
         try:
             done, _ = await asyncio.wait({session.ready, getter}, timeout=timeout,
@@ -822,6 +983,77 @@ PHASES_WAITING = ("handshake", "request", "carrying", "following")
 PHASES_CARRIED = PHASES_WAITING + ("closing", "reexec")
 
 _PIDNS: int | None = None
+
+
+def fast_open(booster, sock: socket.socket, cred: PeerCred, data: bytes,
+              conn: "ClientConnection | None" = None) -> "ClientConnection | None":
+    """Answer a warm login at once, if ``data`` is one: a root peer's HELLO and
+    OPEN_SESSION, the leader identified, its account known to the lookup
+    cache and unchanged, the user's instance ready, the connection not to be
+    kept.  Then the session is opened as any other (``Booster.open_session``),
+    our HELLO and READY go out in one write, and a connection object is made
+    afterwards for the orderly disconnect and the log lines.  Anything else
+    (more or less than those two frames, a refusal, an instance that is not
+    ready) returns False before anything has changed, and the connection takes
+    the usual path with ``data``.  Returns the connection (``conn``, or one
+    made here) in the phase "answered", or None."""
+    buf = bytearray(data)
+    try:
+        hello = wire.next_frame(buf)
+        request = wire.next_frame(buf)
+    except wire.WireError:
+        return None
+    if buf or hello is None or request is None or hello[0] != wire.MSG_HELLO or request[0] != wire.MSG_OPEN_SESSION:
+        return None
+    name, _service, _tty, _rhost, _ruser, leader_pid, flags, _runtime_dir = request[1]
+    if flags & wire.OPEN_KEEP_CONNECTION or not flags & wire.OPEN_KEEP_IF_UNSEEN or booster.stopping:
+        return None
+    account = booster.accounts.cached(name)
+    user = booster.users.get(account.uid) if account is not None else None
+    if user is None or not user.serves_at_once(account):
+        return None
+    leader = identify_leader(cred.pid, leader_pid, hello[1][1] == _own_pidns())
+    if leader is None:
+        return None
+    hello_msg, req = p.Hello._decoded(hello[1]), p.OpenSession._decoded(request[1])
+    try:
+        session = booster.open_session(account, req, leader, hello_msg, None, cred.pid)
+    except Refused:
+        return None  # the usual path refuses it again, and says why
+    answer = _server_hello(True)[1] + wire.encode(wire.MSG_READY, (session.id, session.ready.result()))
+    try:
+        sent = sock.send(answer)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        sent = len(answer)  # the client has gone: its session ends with its leader, the disconnect finds out
+    if sent == len(answer):
+        try:
+            sock.shutdown(socket.SHUT_WR)  # the client's orderly disconnect finds our end-of-file at once
+        except OSError:
+            pass  # it has gone: the disconnect finds out
+    # The rest is after the answer: the connection's object, for the disconnect and the log lines.
+    if conn is None:
+        conn = ClientConnection(booster, sock, cred)
+    conn.hello, conn.session = hello_msg, session
+    # HELLO, OPEN_SESSION, our HELLO, READY: the state table's moves for a
+    # pipelined open (START, HELLO_SENT, EARLY_OPEN, OPENING), and where it ends.
+    conn.proto.state = p.State.OPEN
+    conn._held_out = answer[sent:]  # a full socket buffer (never, for two small frames): sent before the shutdown
+    return conn
+
+
+_HELLOS: dict[bool, tuple] = {}
+
+
+def _server_hello(peer_visible: bool) -> tuple:
+    """Our HELLO and its frame (the same for every connection of this process)."""
+    hello = _HELLOS.get(peer_visible)
+    if hello is None:
+        msg = p.Hello(pid=os.getpid(), pidns=_own_pidns(),
+                      flags=int(p.HelloFlags.PEER_VISIBLE if peer_visible else 0), agent=AGENT)
+        hello = _HELLOS[peer_visible] = (msg, p.encode(msg))
+    return hello
 
 
 def _own_pidns() -> int:

@@ -38,10 +38,11 @@ import stat
 import time
 
 from booster import log, rundir
-from booster.accounts import Account
+from booster.accounts import Account, changes
 from booster.backends.base import CarriedLaunch, InstanceSpec, Launch, StartError
 from booster.output import READ_CHUNK, OutputLimiter, displayable, escape
 from booster.output_buffer import OutputBuffer
+from booster.peers import start_ticks
 from booster.reaper import ExitStatus, start_time
 from booster.spawn import NO_RETRY_CODES, SpawnOrder, send_order
 from common import loginenv
@@ -95,7 +96,7 @@ def session_kind(agent: str) -> str:
     return "other"
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class Session:
     id: int
     user: "UserInstance"
@@ -110,7 +111,7 @@ class Session:
     ready: asyncio.Future
     opened: float = dataclasses.field(default_factory=time.time)
     kind: str = "other"      # what opened it (session_kind)
-    leader_started: int | None = None  # the leader's start time (clock ticks): with its pid, which process
+    leader_started: int | None = None  # the leader's start time (clock ticks), once a reexec asked (leader_identity)
     watch: object = None     # the leader watch handle
     conn: object = None      # the connection carrying it, when bound
     ended: bool = False
@@ -120,9 +121,21 @@ class Session:
         ready = self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
         return {"id": self.id, "uid": self.user.account.uid, "service": self.service, "tty": self.tty,
                 "rhost": self.rhost, "ruser": self.ruser, "leader_pid": self.leader_pid,
-                "leader_started": self.leader_started, "client_leader_pid": self.client_leader_pid,
+                "leader_started": self.leader_identity(), "client_leader_pid": self.client_leader_pid,
                 "client_pidns": self.client_pidns, "bound": self.bound, "opened": self.opened, "ready": ready,
                 "kind": self.kind, "conn": self.conn.sock.fileno() if self.conn is not None else None}
+
+    def leader_identity(self) -> int | None:
+        """The leader's start time (clock ticks since boot), which with its pid
+        tells the new code of a reexec the leader from a later process given
+        the same pid: read now, not at the login (it would cost every login a
+        read of /proc).  While the watch has not seen the leader exit, its pid
+        is still the leader's, so it is read first and the watch asked after:
+        -1 when the leader has gone (the new code ends the session)."""
+        if self.leader_started is None and self.leader_pid and self.watch is not None:
+            ticks = start_ticks(self.leader_pid)
+            self.leader_started = -1 if ticks is None or self.watch.gone() else ticks
+        return self.leader_started
 
     @classmethod
     def from_handover(cls, data: dict, user: "UserInstance", loop) -> "Session":
@@ -226,6 +239,7 @@ class UserInstance:
         size = self.config.output_buffer_size
         self.output: OutputBuffer | None = OutputBuffer(size) if size else None
         self.takeover: asyncio.Task | None = None  # stopping for another account of this uid (Booster.take_over_uid)
+        self._exports: tuple | None = None  # login_env's checked pairs, by the runtime directory they are for
         self.idle_until: float | None = None     # loop time at which an unused instance stops (stop_delay)
         self.backoff_until: float | None = None  # loop time of the next restart, while waiting for it
         self.parked: str | None = None  # where the lifecycle waits: "running", "backoff", or None (busy)
@@ -253,6 +267,13 @@ class UserInstance:
             self._runtime_hint, self._no_rundir = runtime_dir_hint, no_rundir
             self.task = asyncio.get_running_loop().create_task(self._run(), name=f"user-{self.account.name}")
         self._changed.set()
+
+    def serves_at_once(self, account: Account) -> bool:
+        """Would a login of ``account`` get READY at once (the instance ready,
+        the account unchanged, room for one more session)?"""
+        return (self.state in (UserState.READY, UserState.IDLE) and self.task is not None
+                and self.takeover is None and len(self.sessions) < self.config.max_sessions_per_user
+                and not changes(self.account, account))
 
     def add_session(self, session: Session) -> None:
         self.sessions[session.id] = session
@@ -652,21 +673,36 @@ class UserInstance:
         Only what passes ``common.loginenv``'s rule, which the PAM side checks
         again: the bus address is escaped as D-Bus requires (a runtime
         directory may hold ``;`` or ``,``)."""
-        env = []
-        if self.managed_rundir:
-            env.append(("XDG_RUNTIME_DIR", self.managed_rundir))
-        if self.runtime_dir and self.config.export_dbus_address:
-            bus = os.path.join(self.runtime_dir, "bus")
+        key = (self.managed_rundir, self.runtime_dir if self.config.export_dbus_address else None)
+        if self._exports is None or self._exports[0] != key:
+            self._exports = (key, *self._checked_exports())
+        _, always, bus, with_bus = self._exports
+        if bus is not None:
             try:
                 st = os.lstat(bus)
                 if stat.S_ISSOCK(st.st_mode) and st.st_uid == self.account.uid:
-                    env.append(("DBUS_SESSION_BUS_ADDRESS", loginenv.bus_address(bus)))
+                    return with_bus
             except OSError:
                 pass
-        exported, dropped = loginenv.checked(env)
+        return always
+
+    def _checked_exports(self) -> tuple:
+        """(what every login exports, the bus socket's path to look for or None,
+        what a login exports when the bus is there), each checked by
+        ``common.loginenv``'s rule once: they change only with the runtime
+        directory, which ``login_env`` keys them by."""
+        env = [("XDG_RUNTIME_DIR", self.managed_rundir)] if self.managed_rundir else []
+        bus = None
+        if self.runtime_dir and self.config.export_dbus_address:
+            bus = os.path.join(self.runtime_dir, "bus")
+        with_bus = env + [("DBUS_SESSION_BUS_ADDRESS", loginenv.bus_address(bus))] if bus else env
+        exported, dropped = loginenv.checked(with_bus)
         if dropped:
             self._log.warning("not exported to the login", dropped=" ".join(f"{k}({why})" for k, why in dropped))
-        return tuple(exported)
+        always = tuple(pair for pair in exported if pair[0] != "DBUS_SESSION_BUS_ADDRESS")
+        if len(exported) == len(always):
+            bus = None  # no address to export: no socket to look for
+        return always, bus, tuple(exported)
 
     async def _start(self) -> InstanceProcess:
         loop = asyncio.get_running_loop()

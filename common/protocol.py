@@ -151,6 +151,15 @@ class Message:
         if kwargs:
             raise TypeError(f"{type(self).__name__}: no field {next(iter(kwargs))!r}")
 
+    @classmethod
+    def _decoded(cls, values) -> "Message":
+        """The message of ``values`` that ``wire.decode_payload`` gave: the
+        decoder has checked each against its field's kind already."""
+        msg = object.__new__(cls)
+        for (name, _, _), value in zip(cls.FIELDS, values):
+            object.__setattr__(msg, name, value)
+        return msg
+
     def __setattr__(self, name, value):
         raise AttributeError(f"{type(self).__name__} is immutable")
 
@@ -217,9 +226,9 @@ assert set(MESSAGE_TYPES) == set(wire.FIELDS), "a message type of common.wire ha
 
 
 def encode(msg: Message) -> bytes:
-    """One complete frame for ``msg``."""
+    """One complete frame for ``msg`` (its fields were checked when it was made)."""
     try:
-        return wire.encode(msg.TYPE, msg.values())
+        return wire.encode(msg.TYPE, msg.values(), checked=True)
     except wire.WireError as exc:
         raise _error(exc) from None
 
@@ -234,10 +243,9 @@ def decode_header(header: bytes):
 
 
 def _build(type_: int, values) -> Message:
-    try:
-        return MESSAGE_TYPES[type_](*values)
-    except LocalProtocolError as exc:  # a decoded value our own checks refuse
-        raise MalformedPayload(str(exc)) from None
+    """The message of a decoded payload (``wire.decode_payload`` checked every
+    field: the same checks as a message's own, so they are not made twice)."""
+    return MESSAGE_TYPES[type_]._decoded(values)
 
 
 def decode_payload(cls, payload: bytes) -> Message:
@@ -407,6 +415,12 @@ class Connection:
     def send(self, msg: Message) -> bytes:
         self._advance(self.role, msg, LocalProtocolError)
         return encode(msg)
+
+    def sent(self, msg: Message, frame: bytes) -> bytes:
+        """As ``send``, for a message whose frame the caller encoded earlier
+        (``encode(msg)``: one that never changes)."""
+        self._advance(self.role, msg, LocalProtocolError)
+        return frame
 
     def receive_data(self, data: bytes) -> list:
         try:

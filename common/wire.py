@@ -361,15 +361,18 @@ FIELDS = {
 }
 
 
-def encode(type_: int, values) -> bytes:
+def encode(type_: int, values, checked: bool = False) -> bytes:
     """One complete frame of message ``type_`` with ``values`` in field order,
-    each checked (WireError ``LocalProtocolError`` if one does not fit)."""
+    each checked (WireError ``LocalProtocolError`` if one does not fit) unless
+    the caller has checked them (``checked``: ``common.protocol``'s messages
+    check their fields when they are made)."""
     fields = FIELDS[type_]
     if len(values) != len(fields):
         raise _local(f"{code_name('MSG_', type_)}: {len(values)} values for {len(fields)} fields")
     payload = bytearray()
     for (name, kind, _), value in zip(fields, values):
-        check(name, kind, value)
+        if not checked:
+            check(name, kind, value)
         _encode_field(kind, value, payload)
     if len(payload) > MAX_PAYLOAD:
         raise _local(f"{code_name('MSG_', type_)}: payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
