@@ -372,7 +372,7 @@ class Booster:
                        phase: str = "handshake") -> None:
         """A connection the listener admitted (``server.Admission``); ``first``:
         what the listener read of it; ``conn`` and ``phase``: a connection
-        ``server.fast_open`` answered already."""
+        ``server.fast_answer`` answered already."""
         if conn is None:
             conn = ClientConnection(self, sock, cred)
         conn.phase = "busy" if phase == "answered" else conn.phase

@@ -213,7 +213,7 @@ class Listener:
             if cred.uid == 0:
                 # A PAM module's HELLO and OPEN_SESSION come in one write, right
                 # behind the connect: usually here already.  A warm login is
-                # answered from here (``fast_open``), without a task.
+                # answered from here (``fast_answer``), without a task.
                 try:
                     first = conn.recv(65536)
                 except (BlockingIOError, InterruptedError):
@@ -226,7 +226,7 @@ class Listener:
     def _serve(self, conn: socket.socket, cred: PeerCred, first: bytes) -> None:
         """Hand an admitted connection on: answered at once if ``first`` (what
         came first) is a warm login, else to a connection of its own."""
-        answered = fast_open(self.booster, conn, cred, first) if first else None
+        answered = fast_answer(self.booster, conn, cred, first) if first else None
         if answered is not None:
             self.booster.add_connection(conn, cred, conn=answered, phase="answered")
         else:
@@ -351,6 +351,7 @@ class ClientConnection:
         self.phase = "handshake"  # where it waits (PHASES_CARRIED) or "busy"
         self.following: tuple[int, int, int] | None = None  # a followed log: (uid, next seq, lines sent)
         self._held_out = b""  # our HELLO, written with the first frame of the answer to a pipelined request
+        self.answered = 0  # the message type of the request fast_answer answered, if it did
         self._logger = None  # made when first needed (a warm login's first line comes after its READY)
 
     @property
@@ -578,7 +579,7 @@ class ClientConnection:
             # The listener found nothing to read yet: a PAM module checks who
             # listens before it writes.  What comes first may still be a warm login.
             first = await self._first_bytes()
-            if first and fast_open(self.booster, self.sock, self.cred, first, self) is not None:
+            if first and fast_answer(self.booster, self.sock, self.cred, first, self) is not None:
                 phase, first = "answered", b""
         self._reading = phase not in ("closing", "answered")
         if first:
@@ -699,9 +700,9 @@ class ClientConnection:
             await self._carry(session)
 
     async def _answered(self) -> None:
-        """After ``fast_open`` answered a warm login: what ``_open`` does after
-        its READY (the rest of the answer, if the socket took only part of it;
-        our end-of-file; the log lines)."""
+        """After ``fast_answer``: what ``_open`` or ``_close`` does after its
+        answer (the rest of it, if the socket took only part; our end-of-file;
+        the log lines)."""
         if self._held_out:
             rest, self._held_out = self._held_out, b""
             try:
@@ -710,6 +711,9 @@ class ClientConnection:
                 raise _Gone() from None
             self._end_sending()
         session = self.session
+        if self.answered == wire.MSG_CLOSE_SESSION:
+            self._log.info("session closed", user=session.user.account.name, session=session.id)
+            return
         self._log = self._log.bind(user=session.user.account.name, session=session.id)
         self.booster.log_opened(session)
         self._log.info("session ready", leader=session.leader_pid, bound=False)
@@ -985,60 +989,76 @@ PHASES_CARRIED = PHASES_WAITING + ("closing", "reexec")
 _PIDNS: int | None = None
 
 
-def fast_open(booster, sock: socket.socket, cred: PeerCred, data: bytes,
-              conn: "ClientConnection | None" = None) -> "ClientConnection | None":
-    """Answer a warm login at once, if ``data`` is one: a root peer's HELLO and
-    OPEN_SESSION, the leader identified, its account known to the lookup
-    cache and unchanged, the user's instance ready, the connection not to be
-    kept.  Then the session is opened as any other (``Booster.open_session``),
-    our HELLO and READY go out in one write, and a connection object is made
-    afterwards for the orderly disconnect and the log lines.  Anything else
-    (more or less than those two frames, a refusal, an instance that is not
-    ready) returns False before anything has changed, and the connection takes
-    the usual path with ``data``.  Returns the connection (``conn``, or one
-    made here) in the phase "answered", or None."""
+def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes,
+                conn: "ClientConnection | None" = None) -> "ClientConnection | None":
+    """Answer at once what a PAM module sends a root peer's way, if ``data`` is
+    a HELLO and, right behind it, one of:
+
+    * OPEN_SESSION of a warm login: the leader identified, the account known
+      to the lookup cache and unchanged, the user's instance ready, the
+      connection not to be kept.  The session is opened as any other
+      (``Booster.open_session``); our HELLO and READY go out in one write.
+    * CLOSE_SESSION of a session the booster has: it is ended as any other
+      (``Booster.end_session``); our HELLO and CLOSED go out in one write.
+
+    Our end-of-file follows at once, and a connection object is made after the
+    answer, for the orderly disconnect and the log line.  Anything else (more
+    or fewer frames, an instance that is not ready, a refusal) returns None
+    before anything has changed, and the connection takes the usual path with
+    ``data``.  Returns the connection (``conn``, or one made here) in the
+    phase "answered"."""
     buf = bytearray(data)
     try:
         hello = wire.next_frame(buf)
         request = wire.next_frame(buf)
     except wire.WireError:
         return None
-    if buf or hello is None or request is None or hello[0] != wire.MSG_HELLO or request[0] != wire.MSG_OPEN_SESSION:
+    if buf or hello is None or request is None or hello[0] != wire.MSG_HELLO or booster.stopping:
         return None
-    name, _service, _tty, _rhost, _ruser, leader_pid, flags, _runtime_dir = request[1]
-    if flags & wire.OPEN_KEEP_CONNECTION or not flags & wire.OPEN_KEEP_IF_UNSEEN or booster.stopping:
+    hello_msg = p.Hello._decoded(hello[1])
+    if request[0] == wire.MSG_OPEN_SESSION:
+        name, _service, _tty, _rhost, _ruser, leader_pid, flags, _runtime_dir = request[1]
+        if flags & wire.OPEN_KEEP_CONNECTION or not flags & wire.OPEN_KEEP_IF_UNSEEN:
+            return None
+        account = booster.accounts.cached(name)
+        user = booster.users.get(account.uid) if account is not None else None
+        if user is None or not user.serves_at_once(account):
+            return None
+        leader = identify_leader(cred.pid, leader_pid, hello_msg.pidns == _own_pidns())
+        if leader is None:
+            return None
+        try:
+            session = booster.open_session(account, p.OpenSession._decoded(request[1]), leader, hello_msg, None,
+                                           cred.pid)
+        except Refused:
+            return None  # the usual path refuses it again, and says why
+        # HELLO, OPEN_SESSION, our HELLO, READY: the state table's moves for a
+        # pipelined open (START, HELLO_SENT, EARLY_OPEN, OPENING), and where it ends.
+        reply, state = wire.encode(wire.MSG_READY, (session.id, session.ready.result())), p.State.OPEN
+    elif request[0] == wire.MSG_CLOSE_SESSION:
+        session = booster.find_session(p.CloseSession._decoded(request[1]), cred.pid, hello_msg)
+        if session is None:
+            return None  # the usual path says NO_SUCH_SESSION
+        booster.end_session(session, p.EndReason.CLOSED)
+        reply, state = wire.encode(wire.MSG_CLOSED, (session.id,)), p.State.DONE
+    else:
         return None
-    account = booster.accounts.cached(name)
-    user = booster.users.get(account.uid) if account is not None else None
-    if user is None or not user.serves_at_once(account):
-        return None
-    leader = identify_leader(cred.pid, leader_pid, hello[1][1] == _own_pidns())
-    if leader is None:
-        return None
-    hello_msg, req = p.Hello._decoded(hello[1]), p.OpenSession._decoded(request[1])
-    try:
-        session = booster.open_session(account, req, leader, hello_msg, None, cred.pid)
-    except Refused:
-        return None  # the usual path refuses it again, and says why
-    answer = _server_hello(True)[1] + wire.encode(wire.MSG_READY, (session.id, session.ready.result()))
+    answer = _server_hello(cred.pid > 0)[1] + reply
     try:
         sent = sock.send(answer)
     except (BlockingIOError, InterruptedError):
         sent = 0
     except OSError:
-        sent = len(answer)  # the client has gone: its session ends with its leader, the disconnect finds out
+        sent = len(answer)  # the client has gone: the disconnect finds out
     if sent == len(answer):
         try:
             sock.shutdown(socket.SHUT_WR)  # the client's orderly disconnect finds our end-of-file at once
         except OSError:
             pass  # it has gone: the disconnect finds out
-    # The rest is after the answer: the connection's object, for the disconnect and the log lines.
+    # The rest is after the answer: the connection's object, for the disconnect and the log line.
     if conn is None:
         conn = ClientConnection(booster, sock, cred)
-    conn.hello, conn.session = hello_msg, session
-    # HELLO, OPEN_SESSION, our HELLO, READY: the state table's moves for a
-    # pipelined open (START, HELLO_SENT, EARLY_OPEN, OPENING), and where it ends.
-    conn.proto.state = p.State.OPEN
+    conn.hello, conn.session, conn.proto.state, conn.answered = hello_msg, session, state, request[0]
     conn._held_out = answer[sent:]  # a full socket buffer (never, for two small frames): sent before the shutdown
     return conn
 

@@ -335,6 +335,7 @@ class State:
     HELLO_SENT = "hello-sent"  # the client's HELLO is on its way
     IDLE = "idle"              # handshake done, no request yet
     EARLY_OPEN = "early-open"  # OPEN_SESSION sent right behind the client's HELLO
+    EARLY_CLOSE = "early-close"  # CLOSE_SESSION sent right behind the client's HELLO
     OPENING = "opening"        # OPEN_SESSION sent, READY not yet
     OPEN = "open"              # READY received; the session exists
     CLOSING = "closing"        # CLOSE_SESSION sent
@@ -355,6 +356,8 @@ TRANSITIONS = {
     (State.HELLO_SENT, _S2C, _T.HELLO): State.IDLE,
     (State.HELLO_SENT, _C2S, _T.OPEN_SESSION): State.EARLY_OPEN,  # pipelined: no round trip for HELLO
     (State.EARLY_OPEN, _S2C, _T.HELLO): State.OPENING,
+    (State.HELLO_SENT, _C2S, _T.CLOSE_SESSION): State.EARLY_CLOSE,  # pipelined too
+    (State.EARLY_CLOSE, _S2C, _T.HELLO): State.CLOSING,
     (State.IDLE, _C2S, _T.OPEN_SESSION): State.OPENING,
     (State.IDLE, _C2S, _T.CLOSE_SESSION): State.CLOSING,
     (State.IDLE, _C2S, _T.STATUS_REQUEST): State.STATUS,

@@ -237,7 +237,13 @@ class Client:
 
     def close_session(self, user: str, leader_pid: int, session_id: int = 0,
                       timeout: float = REQUEST_TIMEOUT) -> int:
-        self._send(w.MSG_CLOSE_SESSION, session_id, user, leader_pid)
+        """Close a session by its id, or by its user and leader; returns its id.
+        Not yet connected: connect now, the request right behind the HELLO."""
+        request = self._frame(w.MSG_CLOSE_SESSION, session_id, user, leader_pid)
+        if self.sock is None:
+            self.connect(request=request, handshake_timeout=min(HANDSHAKE_TIMEOUT, timeout))
+        else:
+            self._write(request)
         return self._closing(timeout)
 
     def end_session_here(self, session_id: int, timeout: float = REQUEST_TIMEOUT) -> None:

@@ -154,14 +154,15 @@ def run(argv) -> int:
         if pam_type == "open_session":
             return _open(opts, client, items, env.get("XDG_RUNTIME_DIR", ""), leader)
         # --timeout bounds these exchanges too (each is answered at once by a booster that works).
-        deadline = time.monotonic() + opts.timeout
-        client.connect(handshake_timeout=min(HANDSHAKE_TIMEOUT, opts.timeout))
-        left = max(0.0, min(REQUEST_TIMEOUT, deadline - time.monotonic()))
         if pam_type == "account":
+            deadline = time.monotonic() + opts.timeout
+            client.connect(handshake_timeout=min(HANDSHAKE_TIMEOUT, opts.timeout))
+            left = max(0.0, min(REQUEST_TIMEOUT, deadline - time.monotonic()))
             # Pre-warm never decides a login: the session phase will say what failed.
             client.ask(w.MSG_PREWARM, user, timeout=left)
         else:
-            client.close_session(user, leader, timeout=left)
+            # CLOSE_SESSION right behind the HELLO: one round trip.
+            client.close_session(user, leader, timeout=min(REQUEST_TIMEOUT, opts.timeout))
         client.disconnect(DISCONNECT_TIMEOUT)
         return 0
     except BoosterUnavailable as exc:

@@ -566,8 +566,8 @@ static size_t hello_frame(const char *agent, unsigned char *out, size_t cap, str
     return wire_encode(WIRE_MSG_HELLO, hello, WIRE_FIELDS_HELLO, out, cap, err);
 }
 
-/* Connect, say HELLO (with request right behind it, if any: OPEN_SESSION
- * alone may be sent so) and read the booster's HELLO; its flags in *flags. */
+/* Connect, say HELLO (with request right behind it, if any: OPEN_SESSION and
+ * CLOSE_SESSION may be sent so) and read the booster's HELLO; its flags in *flags. */
 static int handshake(struct conn *c, const struct options *opt, const char *agent, const unsigned char *request,
                      size_t request_len, long long deadline, uint32_t *flags, struct failure *f)
 {
@@ -955,17 +955,23 @@ PAM_BOOSTER_EXPORT int pam_sm_close_session(pam_handle_t *pamh, int flags, int a
         say(&log, strcmp(outcome, "clean") == 0 ? LOG_DEBUG : LOG_WARNING, "session %llu closed (disconnect %s)",
             (unsigned long long)s->id, outcome);
         rc = PAM_SUCCESS;
-    } else if (handshake(&c, &opt, "pam_booster close_session", NULL, 0, deadline, &hello_flags, &f) < 0) {
-        rc = -1;
     } else {
-        /* CLOSE_SESSION by the id READY gave, and its answer: the session has
-         * ended before the application goes on (and exits, which would end
-         * it too, crossing our request). */
+        /* CLOSE_SESSION by the id READY gave, right behind the HELLO (one
+         * round trip), and its answer: the session has ended before the
+         * application goes on (and exits, which would end it too, crossing
+         * our request). */
+        unsigned char request[WIRE_HEADER_SIZE + 8 + 2 + 256 + 4];
+        struct wire_error err;
+        size_t len;
+
         values[WIRE_FIELD_CLOSE_SESSION_SESSION_ID] = num_value(s->id);
         values[WIRE_FIELD_CLOSE_SESSION_USER] = str_value(s->user);
         values[WIRE_FIELD_CLOSE_SESSION_LEADER_PID] = num_value((uint64_t)getpid());
-        if (send_message(&c, WIRE_MSG_CLOSE_SESSION, values, WIRE_FIELDS_CLOSE_SESSION, deadline, &f) < 0
-            || conn_next(&c, earliest(deadline, now_ms() + ANSWER_TIMEOUT_MS), &type, values, &f) < 0)
+        len = wire_encode(WIRE_MSG_CLOSE_SESSION, values, WIRE_FIELDS_CLOSE_SESSION, request, sizeof request, &err);
+        if (len == 0)
+            rc = fail(&f, F_BROKEN, "cannot send CLOSE_SESSION: %s", err.text);
+        else if (handshake(&c, &opt, "pam_booster close_session", request, len, deadline, &hello_flags, &f) < 0
+                 || conn_next(&c, earliest(deadline, now_ms() + ANSWER_TIMEOUT_MS), &type, values, &f) < 0)
             rc = -1;
         else if (type != WIRE_MSG_CLOSED && type != WIRE_MSG_ENDED)  /* ENDED: it crossed our close */
             rc = unexpected(&f, type, "while closing");

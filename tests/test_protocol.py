@@ -597,6 +597,8 @@ LEGAL = {
     (State.HELLO_SENT, S, T.HELLO): State.IDLE,
     (State.HELLO_SENT, C, T.OPEN_SESSION): State.EARLY_OPEN,
     (State.EARLY_OPEN, S, T.HELLO): State.OPENING,
+    (State.HELLO_SENT, C, T.CLOSE_SESSION): State.EARLY_CLOSE,
+    (State.EARLY_CLOSE, S, T.HELLO): State.CLOSING,
     (State.IDLE, C, T.OPEN_SESSION): State.OPENING,
     (State.IDLE, C, T.CLOSE_SESSION): State.CLOSING,
     (State.IDLE, C, T.STATUS_REQUEST): State.STATUS,
@@ -655,6 +657,7 @@ PATH_TO = {
     State.HELLO_SENT: [(C, T.HELLO)],
     State.IDLE: [(C, T.HELLO), (S, T.HELLO)],
     State.EARLY_OPEN: [(C, T.HELLO), (C, T.OPEN_SESSION)],
+    State.EARLY_CLOSE: [(C, T.HELLO), (C, T.CLOSE_SESSION)],
     State.OPENING: [(C, T.HELLO), (S, T.HELLO), (C, T.OPEN_SESSION)],
     State.OPEN: [(C, T.HELLO), (S, T.HELLO), (C, T.OPEN_SESSION), (S, T.READY)],
     State.CLOSING: [(C, T.HELLO), (S, T.HELLO), (C, T.CLOSE_SESSION)],
@@ -717,9 +720,23 @@ def test_open_pipelined_behind_hello(waits):
     assert client.state == server.state == State.OPEN
 
 
-def test_only_open_session_may_be_pipelined():
-    for type_ in (T.CLOSE_SESSION, T.STATUS_REQUEST, T.PREWARM, T.TERMINATE, T.LINGER, T.SESSIONS_REQUEST,
-                  T.LOG_REQUEST):
+def test_close_pipelined_behind_hello():
+    """CLOSE_SESSION may go out right behind the client's HELLO too (one round
+    trip for a logout); the booster's HELLO comes first, then CLOSED or ENDED."""
+    for answer in (T.CLOSED, T.ENDED):
+        client, server = converse([(C, T.HELLO), (C, T.CLOSE_SESSION), (S, T.HELLO), (S, answer)])
+        assert client.state == server.state == State.DONE
+    client, server = p.Connection(C), p.Connection(S)
+    data = client.send(SAMPLE[T.HELLO]) + client.send(SAMPLE[T.CLOSE_SESSION])
+    assert server.receive_data(data) == [SAMPLE[T.HELLO], SAMPLE[T.CLOSE_SESSION]]
+    assert server.state == State.EARLY_CLOSE
+    with pytest.raises(LocalProtocolError):  # the booster's HELLO first
+        connection_in(State.EARLY_CLOSE, S).send(SAMPLE[T.CLOSED])
+
+
+def test_only_open_and_close_may_be_pipelined():
+    for type_ in (T.STATUS_REQUEST, T.PREWARM, T.TERMINATE, T.LINGER, T.SESSIONS_REQUEST, T.LOG_REQUEST,
+                  T.REEXEC):
         with pytest.raises(LocalProtocolError):
             connection_in(State.HELLO_SENT, C).send(SAMPLE[type_])
         with pytest.raises(UnexpectedMessage):
