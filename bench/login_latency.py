@@ -215,15 +215,17 @@ def build_timer(work: str) -> str:
 
 def start_stand_in(work: str) -> tuple[subprocess.Popen, str]:
     """bench/answer_at_once.c, built and listening: a stand-in booster that
-    answers HELLO and READY at once, so that a row can show the native
-    module's own cost without the booster's work.  (Its Popen, its socket.)"""
+    answers HELLO and READY (a CLOSE_SESSION: HELLO and CLOSED) at once, so
+    that rows can show the native module's own cost without the booster's
+    work.  (Its Popen, its socket.)"""
     prog = os.path.join(work, "answer_at_once")
     subprocess.run(["gcc", "-O2", "-o", prog, str(Path(__file__).with_name("answer_at_once.c"))], check=True)
     sock = os.path.join(work, "stand-in.sock")
-    answer = (wire.encode(wire.MSG_HELLO, (1, os.stat("/proc/self/ns/pid").st_ino, wire.HELLO_PEER_VISIBLE,
-                                           "answer_at_once"))
-              + wire.encode(wire.MSG_READY, (1, (("XDG_RUNTIME_DIR", "/run/user/4242"),))))
-    proc = subprocess.Popen([prog, sock, answer.hex()])
+    hello = wire.encode(wire.MSG_HELLO, (1, os.stat("/proc/self/ns/pid").st_ino, wire.HELLO_PEER_VISIBLE,
+                                         "answer_at_once"))
+    opened = hello + wire.encode(wire.MSG_READY, (1, (("XDG_RUNTIME_DIR", "/run/user/4242"),)))
+    closed = hello + wire.encode(wire.MSG_CLOSED, (1,))
+    proc = subprocess.Popen([prog, sock, opened.hex(), str(wire.MSG_CLOSE_SESSION), closed.hex()])
     deadline = time.monotonic() + 5
     while not os.path.exists(sock):
         if time.monotonic() > deadline or proc.poll() is not None:
@@ -354,6 +356,7 @@ def pam_table(rounds: int, gap: float) -> list[dict]:
                 ("pam_exec", "warm", "close + end"): lambda: close_of("exec"),
                 ("pam_python", "warm", "close + end"): lambda: close_of("python"),
                 ("native", "warm", "close + end"): lambda: close_of("native"),
+                ("native", "a C stand-in answering at once", "close + end"): lambda: close_of("native stand-in"),
             }
             got = measure(cases, rounds)
             for name, mode in (("exec", "pam_exec"), ("python", "pam_python"), ("native", "native")):
@@ -437,6 +440,16 @@ def native_targets(rows: list[dict]) -> list[tuple[str, float, float, bool]]:
             ("native with no booster over the floor (pamtester), ms", absent, 0.5, absent <= 0.5)]
 
 
+def stand_in_reference(rows: list[dict]) -> dict:
+    """The native targets' quantities with the C stand-in in the booster's
+    place: what is left of them is the module's own cost and the round trip."""
+    floor = _median(rows, "floor", "pam_permit only", "pamtester open")
+    return {"warm_over_floor": round(_median(rows, "native", "a C stand-in answering at once", "pamtester open")
+                                     / floor, 3),
+            "close_over_floor_ms": round(_median(rows, "native", "a C stand-in answering at once", "close + end")
+                                         - _median(rows, "floor", "no line of ours (pam_permit)", "close + end"), 3)}
+
+
 # --- 2. the booster's part of a cold login ------------------------------------------------------
 
 
@@ -512,12 +525,17 @@ def main() -> int:
         print("\ntargets:")
         for name, value, limit, met in targets:
             print(f"  {name}: {value:.2f} (target <= {limit:g}) {'met' if met else 'NOT MET'}")
+        stand_in = stand_in_reference(rows)
+        print(f"\nreference, a C stand-in that answers at once (the module's own cost): warm login "
+              f"{stand_in['warm_over_floor']:.2f} of the floor, close + end +{stand_in['close_over_floor_ms']:.2f} ms "
+              f"over the floor's")
         balance = prewarm_balance(rows)
         print(f"\npre-warm under pam_exec: adds {balance['account_phase_ms']:.2f} ms to the account phase; a cold "
               f"login costs {balance['cold_over_warm_ms']:.2f} ms over a warm one (0 autostart services): "
               f"{'pays' if balance['pays'] else 'does not pay'}")
         result["pam"] = rows
         result["prewarm_balance"] = balance
+        result["stand_in_reference"] = stand_in
         result["pam_targets"] = [{"target": n, "value": round(v, 3), "limit": lim, "met": met}
                                  for n, v, lim, met in targets]
     if args.only in (None, "booster"):

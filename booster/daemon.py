@@ -437,9 +437,10 @@ class Booster:
         ]
         return max(candidates, key=lambda s: s.id) if candidates else None
 
-    def end_session(self, session: Session, reason: p.EndReason | None, failure=None) -> None:
+    def end_session(self, session: Session, reason: p.EndReason | None, failure=None, log: bool = True) -> None:
         """End ``session`` (idempotent).  A bound connection is told with ENDED
-        unless ``reason`` is None (its own connection is ending it)."""
+        unless ``reason`` is None (its own connection is ending it).  ``log``
+        False: the caller logs it (``log_ended``) once its answer is out."""
         if session.ended:
             return
         session.ended = True
@@ -456,9 +457,13 @@ class Booster:
                 signal=0 if status is None or status.signal is None else status.signal,
                 text=(getattr(failure, "text", "") or p.EndReason.name(reason).lower().replace("_", " "))[:1024],
             ))
+        if log:
+            self.log_ended(session, reason)
+        session.user.remove_session(session)
+
+    def log_ended(self, session: Session, reason: p.EndReason | None) -> None:
         self._log.info("session ended", user=session.user.account.name, session=session.id,
                        reason=p.EndReason.name(reason) if reason is not None else "connection")
-        session.user.remove_session(session)
 
     def _leader_exited(self, session: Session) -> None:
         self._log.info("session leader exited", session=session.id, leader=session.leader_pid)

@@ -712,6 +712,7 @@ class ClientConnection:
             self._end_sending()
         session = self.session
         if self.answered == wire.MSG_CLOSE_SESSION:
+            self.booster.log_ended(session, p.EndReason.CLOSED)
             self._log.info("session closed", user=session.user.account.name, session=session.id)
             return
         self._log = self._log.bind(user=session.user.account.name, session=session.id)
@@ -1039,7 +1040,7 @@ def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes,
         session = booster.find_session(p.CloseSession._decoded(request[1]), cred.pid, hello_msg)
         if session is None:
             return None  # the usual path says NO_SUCH_SESSION
-        booster.end_session(session, p.EndReason.CLOSED)
+        booster.end_session(session, p.EndReason.CLOSED, log=False)  # logged after the answer
         reply, state = wire.encode(wire.MSG_CLOSED, (session.id,)), p.State.DONE
     else:
         return None
