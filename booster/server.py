@@ -1040,7 +1040,8 @@ def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes,
         session = booster.find_session(p.CloseSession._decoded(request[1]), cred.pid, hello_msg)
         if session is None:
             return None  # the usual path says NO_SUCH_SESSION
-        booster.end_session(session, p.EndReason.CLOSED, log=False)  # logged after the answer
+        # Ended right after the answer is written, in this same turn of the
+        # loop (nothing else runs in between; ending it cannot fail).
         reply, state = wire.encode(wire.MSG_CLOSED, (session.id,)), p.State.DONE
     else:
         return None
@@ -1056,6 +1057,8 @@ def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes,
             sock.shutdown(socket.SHUT_WR)  # the client's orderly disconnect finds our end-of-file at once
         except OSError:
             pass  # it has gone: the disconnect finds out
+    if state == p.State.DONE:
+        booster.end_session(session, p.EndReason.CLOSED, log=False)  # logged with the close, below
     # The rest is after the answer: the connection's object, for the disconnect and the log line.
     if conn is None:
         conn = ClientConnection(booster, sock, cred)
