@@ -214,17 +214,24 @@ def run(seconds: float = 30.0, workers: int = 6, backend: str = "runit", seed: i
                     cases[kind] = cases.get(kind, 0) + n
             time.sleep(SETTLE)
             crashes = 0 if b.running() and b.pid == pid else 1
+            if crashes == 0:
+                # What the root peer's requests started (sessions, pre-warms, linger)
+                # must still be possible to end, and end; then nothing of the run may
+                # hold a descriptor (an instance still stopping holds its pipes: it
+                # is no leak, so the count is taken once every instance is gone).
+                for u in users:
+                    for request in (p.Linger(user=u.name, enable=0), p.Terminate(user=u.name)):
+                        Client(b.socket, "fuzz-cleanup").connect(timeout=5).ask(request.TYPE, *request.values(),
+                                                                               timeout=30)
+                pamkit.wait_for(lambda: query_status(b.socket)[0] == [], 30, desc="every fuzzed instance gone")
+                for u in users:
+                    harness.wait_gone(u.uid)
+                # The cleanup's own connections are closed in order within moments.
+                settle = time.monotonic() + SETTLE
+                while booster_resources(pid)["fds"] > before["fds"] and time.monotonic() < settle:
+                    time.sleep(0.05)
             after = booster_resources(pid) if crashes == 0 else {}
             log = b.log()
-            # What the root peer's requests started (sessions, pre-warms, linger)
-            # must still be possible to end, and end.
-            for u in users:
-                for request in (p.Linger(user=u.name, enable=0), p.Terminate(user=u.name)):
-                    Client(b.socket, "fuzz-cleanup").connect(timeout=5).ask(request.TYPE, *request.values(),
-                                                                           timeout=30)
-            pamkit.wait_for(lambda: query_status(b.socket)[0] == [], 30, desc="every fuzzed instance gone")
-            for u in users:
-                harness.wait_gone(u.uid)
     finally:
         failure = harness.dispose(b)
     return {

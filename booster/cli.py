@@ -667,6 +667,12 @@ def _count(text: str) -> int:
     return value
 
 
+def _where(parser, reads: str = "its socket") -> None:
+    """A control command's --socket and --config (the file it ``reads`` for)."""
+    parser.add_argument("--socket", metavar="PATH", help=_SOCKET_HELP)
+    parser.add_argument("--config", metavar="FILE", help=_CONFIG_HELP + "; read for " + reads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from invoker.cli import _version
 
@@ -711,8 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "1  failed: no such user, or refused (another user's status)",
                       "2  usage or configuration error", "3  no booster running"))
     status.add_argument("user", nargs="?", metavar="USER", help="only this user")
-    status.add_argument("--socket", metavar="PATH", help=_SOCKET_HELP)
-    status.add_argument("--config", metavar="FILE", help=_CONFIG_HELP + "; read for its socket")
+    _where(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                         help="give up after this many seconds (default 5)")
@@ -727,8 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "1  failed: no such user, or refused (another user's sessions)",
                       "2  usage or configuration error", "3  no booster running"))
     sessions.add_argument("user", nargs="?", metavar="USER", help="only this user's sessions")
-    sessions.add_argument("--socket", metavar="PATH", help=_SOCKET_HELP)
-    sessions.add_argument("--config", metavar="FILE", help=_CONFIG_HELP + "; read for its socket")
+    _where(sessions)
     sessions.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sessions.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                           help="give up after this many seconds (default 5)")
@@ -748,8 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only the last N lines kept (default: all)")
     logs.add_argument("-f", "--follow", action="store_true",
                       help="then show new lines as they come, until Ctrl-C")
-    logs.add_argument("--socket", metavar="PATH", help=_SOCKET_HELP)
-    logs.add_argument("--config", metavar="FILE", help=_CONFIG_HELP + "; read for its socket")
+    _where(logs)
     logs.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                       help="give up after this many seconds (default 5; with -f only the connection is "
                            "bounded: lines come when the instance prints them)")
@@ -763,8 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_exits("0  done (also when the user had nothing running)", "1  failed: no such user, or refused",
                       "2  usage or configuration error, or not root", "3  no booster running"))
     terminate.add_argument("user", metavar="USER", help="whose sessions to end")
-    terminate.add_argument("--socket", metavar="PATH", help=_SOCKET_HELP)
-    terminate.add_argument("--config", metavar="FILE", help=_CONFIG_HELP + "; read for its socket and stop_timeout")
+    _where(terminate, reads="its socket and stop_timeout")
     terminate.add_argument("--timeout", type=float, metavar="SECONDS",
                            help="give up after this many seconds (default: stop_timeout and a margin)")
     terminate.set_defaults(func=cmd_terminate)
@@ -781,8 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
     linger.add_argument("action", choices=("enable", "disable"), metavar="enable|disable",
                         help="enable or disable lingering")
     linger.add_argument("user", metavar="USER", help="whose instance")
-    linger.add_argument("--socket", metavar="PATH", help=_SOCKET_HELP)
-    linger.add_argument("--config", metavar="FILE", help=_CONFIG_HELP + "; read for its socket and timeouts")
+    _where(linger, reads="its socket and timeouts")
     linger.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="give up after this many seconds (default: login_timeout or stop_timeout, and "
                              "a margin)")
@@ -801,8 +802,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "2  usage or configuration error, or not root", "3  no booster running"))
     reexec.add_argument("--check", action="store_true",
                         help="only check the installed code and the config, as a reexec would; change nothing")
-    reexec.add_argument("--socket", metavar="PATH", help=_SOCKET_HELP)
-    reexec.add_argument("--config", metavar="FILE", help=_CONFIG_HELP + "; read for its socket")
+    _where(reexec)
     reexec.add_argument("--timeout", type=float, default=REEXEC_TIMEOUT, metavar="SECONDS",
                         help=f"give up after this many seconds (default {REEXEC_TIMEOUT:g})")
     reexec.set_defaults(func=cmd_reexec)

@@ -133,11 +133,7 @@ class Booster:
         self.cgroups = CgroupTree.discover(self.config.cgroup, self.config.state_dir)
         self.pool.cgroups = self.cgroups
         await self.statedir.clean_previous(self.cgroups, self.backend)
-        try:
-            self.backend.setup(self.statedir.fd, self.config.state_dir)
-        except OSError as exc:
-            raise StartupError(f"cannot write the {self.backend.name} backend's files in {self.config.state_dir}: "
-                               f"{exc.strerror or exc}") from None
+        self._setup_backend()
         self.leaders = make_watcher(self.config.leader_watch, self.loop)
         self.reaper.start()
         self._handle_signals()
@@ -190,11 +186,7 @@ class Booster:
         self.statedir.lock_fd = adopted["lock_fd"]
         self.cgroups = CgroupTree.discover(self.config.cgroup, self.config.state_dir)
         self.pool.cgroups = self.cgroups
-        try:
-            self.backend.setup(self.statedir.fd, self.config.state_dir)
-        except OSError as exc:
-            raise StartupError(f"cannot write the {self.backend.name} backend's files in {self.config.state_dir}: "
-                               f"{exc.strerror or exc}") from None
+        self._setup_backend()
         self.leaders = make_watcher(self.config.leader_watch, self.loop)
         self.reaper.start()
         self._read_linger()
@@ -269,6 +261,14 @@ class Booster:
         self.loop.add_signal_handler(signal.SIGUSR2, self._record_reexec)
         if self.handed_over:
             reexec.unblock_signals()
+
+    def _setup_backend(self) -> None:
+        """The backend's shared files in the state directory (dinit's ``boot``)."""
+        try:
+            self.backend.setup(self.statedir.fd, self.config.state_dir)
+        except OSError as exc:
+            raise StartupError(f"cannot write the {self.backend.name} backend's files in {self.config.state_dir}: "
+                               f"{exc.strerror or exc}") from None
 
     def _check_trust_anchors(self) -> None:
         """Serve only from a config file, state_dir and socket directory that no

@@ -581,6 +581,7 @@ class ClientConnection:
             first = await self._first_bytes()
             if first and fast_answer(self.booster, self.sock, self.cred, first, self) is not None:
                 phase, first = "answered", b""
+                self._set_phase("busy")
         self._reading = phase not in ("closing", "answered")
         if first:
             self._take(first)
