@@ -424,16 +424,19 @@ class Booster:
                        service=session.service, tty=session.tty, rhost=session.rhost, leader=session.leader_pid,
                        bound=session.bound)
 
-    def find_session(self, req: p.CloseSession, peer_pid: int, hello: p.Hello) -> Session | None:
-        if req.session_id:
-            session = self.sessions.get(req.session_id)
-            return session if session is not None and session.user.account.name == req.user else None
-        leader = identify_leader(peer_pid, req.leader_pid)
+    def find_session(self, session_id: int, user: str, leader_pid: int, peer_pid: int, pidns: int) -> Session | None:
+        """The session a CLOSE_SESSION names (its fields; the client's pid as we
+        see it and its PID namespace, from its HELLO): by id, or else the
+        user's newest session led by ``leader_pid`` as the client sees it."""
+        if session_id:
+            session = self.sessions.get(session_id)
+            return session if session is not None and session.user.account.name == user else None
+        leader = identify_leader(peer_pid, leader_pid)
         candidates = [
             s for s in self.sessions.values()
-            if s.user.account.name == req.user and (
+            if s.user.account.name == user and (
                 (leader is not None and s.leader_pid == leader)
-                or (s.leader_pid == 0 and s.client_pidns == hello.pidns and s.client_leader_pid == req.leader_pid))
+                or (s.leader_pid == 0 and s.client_pidns == pidns and s.client_leader_pid == leader_pid))
         ]
         return max(candidates, key=lambda s: s.id) if candidates else None
 

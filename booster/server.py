@@ -786,7 +786,7 @@ class ClientConnection:
     async def _close(self, req: p.CloseSession) -> None:
         if self.cred.uid != 0:
             raise Refused(p.ErrorCode.NOT_PERMITTED, "only root may close sessions")
-        session = self.booster.find_session(req, self.cred.pid, self.hello)
+        session = self.booster.find_session(req.session_id, req.user, req.leader_pid, self.cred.pid, self.hello.pidns)
         if session is None:
             raise Refused(p.ErrorCode.NO_SUCH_SESSION, f"no open session of {req.user!r} for that leader")
         self.booster.end_session(session, p.EndReason.CLOSED)
@@ -1038,12 +1038,12 @@ def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes,
         # pipelined open (START, HELLO_SENT, EARLY_OPEN, OPENING), and where it ends.
         reply, state = wire.encode(wire.MSG_READY, (session.id, session.ready.result())), p.State.OPEN
     elif request[0] == wire.MSG_CLOSE_SESSION:
-        session = booster.find_session(p.CloseSession._decoded(request[1]), cred.pid, hello_msg)
+        session = booster.find_session(*request[1], cred.pid, hello[1][1])
         if session is None:
             return None  # the usual path says NO_SUCH_SESSION
         # Ended right after the answer is written, in this same turn of the
         # loop (nothing else runs in between; ending it cannot fail).
-        reply, state = wire.encode(wire.MSG_CLOSED, (session.id,)), p.State.DONE
+        reply, state = wire.encode(wire.MSG_CLOSED, (session.id,), checked=True), p.State.DONE
     else:
         return None
     answer = _server_hello(cred.pid > 0)[1] + reply
