@@ -155,7 +155,8 @@ def one_backend(backend: str, users, lingering, prober_user, rounds: int) -> dic
                          **last_breakdown(b), "logins_during": len(during),
                          "longest_login_ms": round(max(during, default=0.0) * 1000, 1),
                          "longest_logout_ms": round(max(out_during, default=0.0) * 1000, 1),
-                         "login_failures": len(prober.failures), "pids_changed": len(changed),
+                         "login_failures": len(prober.failures), "failures": prober.failures[:5],
+                         "pids_changed": len(changed),
                          "sessions_lost": lost, "fds": fd_count(b.pid), "rss_kb": smaps_rss(b.pid)})
             print(f"  {backend} reexec {n + 1}: {rows[-1]}", file=sys.stderr)
         return {"backend": backend, "users": len(users), "sessions": sum(s for _, s in before.values()),

@@ -375,9 +375,11 @@ class Booster:
         ``server.fast_answer`` answered already."""
         if conn is None:
             conn = ClientConnection(self, sock, cred)
+        if first:
+            conn.take_first(first)
         conn.phase = "busy" if phase == "answered" else conn.phase
         self.connections.add(conn)
-        task = self.loop.create_task(conn.run(phase, first))
+        task = self.loop.create_task(conn.run(phase))
         self._conn_tasks.add(task)
         task.add_done_callback(self._conn_tasks.discard)
 

@@ -345,7 +345,7 @@ class ClientConnection:
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.hello: p.Hello | None = None
         self.session = None
-        self._reading = False  # we read the client (until its end-of-file or a protocol error)
+        self._reading = True  # we read the client (until its end-of-file or a protocol error)
         self._watching = False  # our reader callback is registered (only while we wait for the client)
         self._held = booster.quiescing  # a reexec holds what the client sends in the socket
         self.phase = "handshake"  # where it waits (PHASES_CARRIED) or "busy"
@@ -446,6 +446,16 @@ class ClientConnection:
             except OSError:
                 data = None
             self._take(data)
+
+    def _untouched(self) -> bool:
+        """Nothing of the client's has been read yet."""
+        return self.proto.state == p.State.START and not self.proto.decoder.buffered and self.inbox.empty()
+
+    def take_first(self, data: bytes) -> None:
+        """What the listener read of this connection before it was handed over:
+        taken now, so that a reexec finds it in the protocol state (decoded, or
+        a partial frame it carries), never only in a task that has not run."""
+        self._take(data)
 
     async def _first_bytes(self) -> bytes:
         """What the client sends first, once it comes (within the idle
@@ -568,23 +578,22 @@ class ClientConnection:
 
     # --- the request ------------------------------------------------------------------------
 
-    async def run(self, phase: str = "handshake", first: bytes = b"") -> None:
-        """Serve the connection; ``phase``: where one handed over by a reexec
-        stood; ``first``: what the listener read of it already."""
-        # The client's HELLO is usually there already: read it now, then as it comes.
+    async def run(self, phase: str = "handshake") -> None:
+        """Serve the connection; ``phase``: where one handed over by a reexec stood."""
+        if phase == "handshake" and self._untouched() and self.cred.uid == 0 and not self._held:
+            # Nothing of the client's read yet: a PAM module checks who listens
+            # before it writes.  What comes first may still be a warm login.
+            first = await self._first_bytes()
+            if first and fast_answer(self.booster, self.sock, self.cred, first, self) is not None:
+                phase = "answered"
+                self._set_phase("busy")
+            elif first:
+                self._take(first)  # in this same step: a reexec never finds bytes read and not taken
+        if phase in ("closing", "answered"):
+            self._reading = False
         # Read what is there; the loop watches the client only once we wait for
         # it (a warm login's whole exchange is usually there at once: no
         # registration with the loop, and none to undo, for it).
-        if phase == "handshake" and not first and self.cred.uid == 0 and not self._held:
-            # The listener found nothing to read yet: a PAM module checks who
-            # listens before it writes.  What comes first may still be a warm login.
-            first = await self._first_bytes()
-            if first and fast_answer(self.booster, self.sock, self.cred, first, self) is not None:
-                phase, first = "answered", b""
-                self._set_phase("busy")
-        self._reading = phase not in ("closing", "answered")
-        if first:
-            self._take(first)
         if self._reading and not self._held:
             self._on_readable()
         try:

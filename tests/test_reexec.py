@@ -679,3 +679,48 @@ def test_kept_output_a_followed_log_and_session_kinds_are_carried(booster_factor
             finally:
                 pamkit.terminate(follower)
     wait_gone(u.uid)
+
+
+def test_logins_back_to_back_through_reexecs_all_succeed(booster_factory):
+    """Logins one after another, each connecting as a PAM module does (the
+    trust check, then HELLO and OPEN_SESSION in one write), across six
+    reexecs: none fails.  A connection whose first bytes the listener had
+    read just before the exec, but whose task had not run, lost them (the
+    client waited out its time limit): about one login in five hundred."""
+    b = booster_factory("runit")
+    with pamkit.temp_user() as u:
+        install_autostart(u, "runit")
+        failures: list[str] = []
+        done = threading.Event()
+        count = [0]
+
+        def logins() -> None:
+            while not done.is_set():
+                client = Client(b.socket, "test-loop")
+                try:
+                    sid, _ = client.open_session(u.name, leader_pid=os.getpid(),
+                                                 flags=int(p.OpenFlags.KEEP_CONNECTION), timeout=20,
+                                                 connect_timeout=5.0)
+                    client.end_session_here(sid)
+                    count[0] += 1
+                except Exception as exc:  # noqa: BLE001 - the test reports it
+                    failures.append(f"{type(exc).__name__}: {exc}")
+                finally:
+                    client.close()
+
+        holder = Client(b.socket, "test-hold")  # the instance stays up: every login is a warm one
+        holder.open_session(u.name, leader_pid=os.getpid(), flags=int(p.OpenFlags.KEEP_CONNECTION))
+        looping = threading.Thread(target=logins, daemon=True)
+        looping.start()
+        try:
+            for _ in range(6):
+                time.sleep(0.3)
+                out = booster(b, "reexec")
+                assert out.returncode == 0, out.stderr + b.log()[-3000:]
+        finally:
+            done.set()
+            looping.join(30)
+            holder.disconnect()
+        assert exec_count(b) == 6
+        assert count[0] > 50 and not failures, (count[0], failures[:5])
+    wait_gone(u.uid)
