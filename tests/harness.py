@@ -32,6 +32,36 @@ REPO = Path(__file__).resolve().parent.parent
 PAM_MODULE = str(Path(__import__("invoker").__file__).resolve().parent / "pam_module.py")
 
 
+_USER_BOOSTER: list[str] = []
+
+
+def user_booster() -> list[str]:
+    """The ``booster`` command as a user runs it: this install's, where users
+    can reach it.  Where they cannot (a checkout in a directory only root may
+    enter, such as one ``mktemp -d`` made), the same install copied once to a
+    directory they can, removed when the tests end: the booster runs from any
+    install (what runs as users it loads as root first), but a user's own
+    commands are that user's process."""
+    if not _USER_BOOSTER:
+        try:
+            reachable = subprocess.run([BOOSTER, "--version"], capture_output=True, user=65534, group=65534,
+                                       extra_groups=[], cwd="/", timeout=30).returncode == 0
+        except PermissionError:  # the exec, as that user
+            reachable = False
+        if reachable:
+            _USER_BOOSTER.append(BOOSTER)
+        else:
+            base = tempfile.mkdtemp(prefix="bt-users-", dir="/tmp")
+            os.chmod(base, 0o755)
+            import atexit
+
+            atexit.register(shutil.rmtree, base, True)
+            venv = Path(base) / "venv"
+            shutil.copytree(VENV_BIN.parent, venv, symlinks=True)
+            _USER_BOOSTER.extend([str(venv / "bin" / Path(sys.executable).name), str(venv / "bin" / "booster")])
+    return list(_USER_BOOSTER)
+
+
 def dinit_binary() -> str | None:
     path = os.environ.get("BOOSTER_DINIT") or shutil.which("dinit")
     return path if path and os.access(path, os.X_OK) else None

@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import harness
 import pamkit
 from conftest import BOOSTER, as_user
 
@@ -179,7 +180,9 @@ def test_an_unsafe_log_file_is_refused_at_start(booster_factory, tmp_path):
 
 
 def booster(*argv: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([BOOSTER, *argv], capture_output=True, text=True, timeout=30, **kwargs)
+    """``booster ARGV``, as root or (``user=``) as a user runs it."""
+    command = harness.user_booster() if "user" in kwargs else [BOOSTER]
+    return subprocess.run([*command, *argv], capture_output=True, text=True, timeout=30, **kwargs)
 
 
 def test_version():

@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+import harness
 import pamkit
 from conftest import BOOSTER, INVOKER, exec_service, install_autostart, instance_of, python_line, wait_gone
 from common import protocol as p
@@ -26,9 +27,11 @@ from invoker.client import Client
 
 def booster(*argv: str, user=None, **kwargs) -> subprocess.CompletedProcess:
     """``booster ARGV``, as root or as ``user``."""
+    command = [BOOSTER]
     if user is not None:
+        command = harness.user_booster()
         kwargs.update(user=user.uid, group=user.gid, extra_groups=[], cwd="/")
-    return subprocess.run([BOOSTER, *argv], capture_output=True, text=True, timeout=30, **kwargs)
+    return subprocess.run([*command, *argv], capture_output=True, text=True, timeout=30, **kwargs)
 
 
 def sessions_json(b, *argv: str, user=None) -> list[dict]:
@@ -322,7 +325,7 @@ def test_logs_follow_new_lines_until_the_user_leaves_and_count_against_the_per_u
         with exec_service(b) as svc, pamkit.HeldSession(svc, u.name) as held:
             pamkit.wait_for(lambda: "tick 1" in booster("logs", "--socket", b.socket, u.name).stdout, 20,
                             desc="a tick kept")
-            followers = [subprocess.Popen([BOOSTER, "logs", "-f", "-n", "1", "--socket", b.socket],
+            followers = [subprocess.Popen([*harness.user_booster(), "logs", "-f", "-n", "1", "--socket", b.socket],
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                           user=u.uid, group=u.gid, extra_groups=[], cwd="/")
                          for _ in range(2)]

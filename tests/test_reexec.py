@@ -36,6 +36,7 @@ import psutil
 import pytest
 
 import leaks
+import harness
 import pamkit
 from conftest import BOOSTER, INVOKER, as_user, exec_service, install_autostart, python_line, wait_gone
 from harness import dinit_binary as harness_dinit
@@ -583,7 +584,7 @@ def test_only_root_may_ask_for_a_reexec(booster_factory):
                 client.close()
             return ["answered"]
         assert as_user(u, ask) == [str(p.ErrorCode.NOT_PERMITTED), "only root may send REEXEC"]
-    out = subprocess.run([BOOSTER, "reexec", "--socket", b.socket], capture_output=True, text=True,
+    out = subprocess.run([*harness.user_booster(), "reexec", "--socket", b.socket], capture_output=True, text=True,
                          user=65534, timeout=30)
     assert out.returncode == 2 and "must run as root" in out.stderr
 
@@ -660,7 +661,7 @@ def test_kept_output_a_followed_log_and_session_kinds_are_carried(booster_factor
         with exec_service(b) as svc, pamkit.HeldSession(svc, u.name):
             pamkit.wait_for(lambda: "tick 2" in booster(b, "logs", u.name).stdout, 20, desc="ticks kept")
             sessions_before = json.loads(booster(b, "sessions", "--json").stdout)
-            follower = subprocess.Popen([BOOSTER, "logs", "-f", "-n", "1", "--socket", b.socket],
+            follower = subprocess.Popen([*harness.user_booster(), "logs", "-f", "-n", "1", "--socket", b.socket],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                         user=u.uid, group=u.gid, extra_groups=[], cwd="/")
             try:
