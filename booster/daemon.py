@@ -390,6 +390,18 @@ class Booster:
 
     def open_session(self, account: Account, req: p.OpenSession, leader: int, hello: p.Hello,
                      conn: ClientConnection | None, peer_pid: int) -> Session:
+        session = self.admit_session(account, req, leader, hello, conn, peer_pid)
+        self.enter_session(session, account, req)
+        return session
+
+    def admit_session(self, account: Account, req: p.OpenSession, leader: int, hello: p.Hello,
+                      conn: ClientConnection | None, peer_pid: int, armed: bool = True) -> Session:
+        """The first half of ``open_session``: what may refuse a session (the
+        limits, its leader, held by a watch from here on), and its id.  Nothing
+        knows of it until ``enter_session``, which must follow in the same step
+        of the loop; between the two a warm login's READY may go out
+        (``server.fast_answer``: its watch ``armed`` False, registered with the
+        loop by ``enter_session`` after the answer)."""
         if self._stop.is_set():
             raise Refused(p.ErrorCode.SHUTTING_DOWN, "the booster is stopping")
         user = self.users.get(account.uid)
@@ -404,20 +416,26 @@ class Booster:
         )
         if leader:
             try:
-                session.watch = self.leaders.watch(leader, lambda: self._leader_exited(session))
+                session.watch = self.leaders.watch(leader, lambda: self._leader_exited(session), armed)
             except ProcessLookupError:
                 raise Refused(p.ErrorCode.LEADER_UNKNOWN, f"the session leader {leader} is gone") from None
             if not still_parent(peer_pid, leader):
                 session.watch.cancel()
                 raise Refused(p.ErrorCode.LEADER_UNKNOWN, "the session leader changed while it was identified")
         self._next_session += 1
+        return session
+
+    def enter_session(self, session: Session, account: Account, req: p.OpenSession) -> None:
+        """The second half of ``open_session``: the session admitted made known
+        (to its user, whose instance it starts or joins)."""
+        if session.watch is not None:
+            session.watch.arm()
         user = self.user_of(account)
         session.user = user
         self.sessions[session.id] = session
         session.ready.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
         user.add_session(session)
         user.begin(req.runtime_dir, bool(req.flags & p.OpenFlags.NO_RUNDIR))
-        return session
 
     def log_opened(self, session: Session) -> None:
         """The log line of a session just opened (its opener says when: not

@@ -31,6 +31,11 @@ class Watch:
             self.active = False
             self.watcher._cancel(self)
 
+    def arm(self) -> None:
+        """Have the loop call back (a watch made with ``armed=False``)."""
+        if self.active:
+            self.watcher._arm(self)
+
     def gone(self) -> bool:
         """Has the process exited, as far as the kernel has told (whether or
         not the loop has called back yet)?"""
@@ -47,10 +52,15 @@ class LeaderWatcher(abc.ABC):
     kind: str
 
     @abc.abstractmethod
-    def watch(self, pid: int, callback: Callable[[], None]) -> Watch:
+    def watch(self, pid: int, callback: Callable[[], None], armed: bool = True) -> Watch:
         """Call ``callback`` once, from the event loop, when ``pid`` has exited
         (at once if it is already gone).  Raises ProcessLookupError if there is
-        no such process at all."""
+        no such process at all.  ``armed`` False: the process is held (its
+        exit is not missed) but the loop is told only by ``Watch.arm``, so a
+        warm login's answer need not wait for the registration."""
+
+    def _arm(self, handle: Watch) -> None:
+        """Register ``handle`` with the loop, if that is left to ``arm``."""
 
     @abc.abstractmethod
     def _cancel(self, handle: Watch) -> None:
@@ -72,12 +82,18 @@ class PidfdWatcher(LeaderWatcher):
         self._loop = loop
         self._fds: dict[Watch, int] = {}
 
-    def watch(self, pid: int, callback: Callable[[], None]) -> Watch:
+    def watch(self, pid: int, callback: Callable[[], None], armed: bool = True) -> Watch:
         fd = os.pidfd_open(pid)  # close-on-exec, as pidfd_open(2) always makes it
         handle = Watch(self, pid, callback)
         self._fds[handle] = fd
-        self._loop.add_reader(fd, handle.fire)
+        if armed:
+            self._loop.add_reader(fd, handle.fire)
         return handle
+
+    def _arm(self, handle: Watch) -> None:
+        fd = self._fds.get(handle)
+        if fd is not None:
+            self._loop.add_reader(fd, handle.fire)  # readable already if it has exited meanwhile
 
     def _gone(self, handle: Watch) -> bool:
         fd = self._fds.get(handle)
@@ -110,7 +126,9 @@ class ProcConnectorWatcher(LeaderWatcher):
         self._sock = proc_connector_socket(blocking=False)
         loop.add_reader(self._sock.fileno(), self._on_readable)
 
-    def watch(self, pid: int, callback: Callable[[], None]) -> Watch:
+    def watch(self, pid: int, callback: Callable[[], None], armed: bool = True) -> Watch:
+        # Exit events come through our one socket, which the loop watches: a
+        # handle is armed from the start.
         handle = Watch(self, pid, callback)
         self._by_pid.setdefault(pid, set()).add(handle)
         # Subscribed first, checked second: an exit in between is not missed.

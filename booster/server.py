@@ -214,13 +214,10 @@ class Listener:
                 # A PAM module's HELLO and OPEN_SESSION come in one write, right
                 # behind the connect: usually here already.  A warm login is
                 # answered from here (``fast_answer``), without a task.
-                try:
-                    first = conn.recv(65536)
-                except (BlockingIOError, InterruptedError):
+                first = _first_bytes(conn)
+                if first is None:
                     self._await_first(conn, cred)
                     continue
-                except OSError:  # broken: the connection's own reading finds out
-                    pass
             self._serve(conn, cred, first)
 
     def _serve(self, conn: socket.socket, cred: PeerCred, first: bytes) -> None:
@@ -1000,6 +997,26 @@ PHASES_CARRIED = PHASES_WAITING + ("closing", "reexec")
 _PIDNS: int | None = None
 
 
+def _first_bytes(conn: socket.socket) -> bytes | None:
+    """What a root peer sent so far (b"" if its socket is broken: its own
+    reading finds out), or None if nothing yet.  A PAM module checks who
+    listens before it writes, so its bytes may be a moment behind its
+    connect; when it runs on our CPU, our wake-up by that connect has just
+    taken the CPU from it.  So the CPU is given back once before a second
+    look: that usually lets it write, and spares the connection a round
+    through the loop (``Listener._await_first``)."""
+    for retry in (False, True):
+        if retry:
+            os.sched_yield()
+        try:
+            return conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            return b""
+    return None
+
+
 def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes,
                 conn: "ClientConnection | None" = None) -> "ClientConnection | None":
     """Answer at once what a PAM module sends a root peer's way, if ``data`` is
@@ -1007,8 +1024,9 @@ def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes,
 
     * OPEN_SESSION of a warm login: the leader identified, the account known
       to the lookup cache and unchanged, the user's instance ready, the
-      connection not to be kept.  The session is opened as any other
-      (``Booster.open_session``); our HELLO and READY go out in one write.
+      connection not to be kept.  The session is opened as any other, in
+      ``Booster.open_session``'s two halves: admitted (what may refuse it),
+      then our HELLO and READY in one write, then made known.
     * CLOSE_SESSION of a session the booster has: it is ended as any other
       (``Booster.end_session``); our HELLO and CLOSED go out in one write.
 
@@ -1038,14 +1056,17 @@ def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes,
         leader = identify_leader(cred.pid, leader_pid, hello_msg.pidns == _own_pidns())
         if leader is None:
             return None
+        req = p.OpenSession._decoded(request[1])
         try:
-            session = booster.open_session(account, p.OpenSession._decoded(request[1]), leader, hello_msg, None,
-                                           cred.pid)
+            session = booster.admit_session(account, req, leader, hello_msg, None, cred.pid, armed=False)
         except Refused:
             return None  # the usual path refuses it again, and says why
         # HELLO, OPEN_SESSION, our HELLO, READY: the state table's moves for a
         # pipelined open (START, HELLO_SENT, EARLY_OPEN, OPENING), and where it ends.
-        reply, state = wire.encode(wire.MSG_READY, (session.id, session.ready.result())), p.State.OPEN
+        # The session is made known right after the answer, in this same turn
+        # of the loop (``enter_session``; it cannot fail), and READY says what
+        # its user's instance exports now, as it would then.
+        reply, state = wire.encode(wire.MSG_READY, (session.id, user.login_env())), p.State.OPEN
     elif request[0] == wire.MSG_CLOSE_SESSION:
         session = booster.find_session(*request[1], cred.pid, hello[1][1])
         if session is None:
@@ -1069,6 +1090,8 @@ def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes,
             pass  # it has gone: the disconnect finds out
     if state == p.State.DONE:
         booster.end_session(session, p.EndReason.CLOSED, log=False)  # logged with the close, below
+    else:
+        booster.enter_session(session, account, req)
     # The rest is after the answer: the connection's object, for the disconnect and the log line.
     if conn is None:
         conn = ClientConnection(booster, sock, cred)

@@ -567,7 +567,9 @@ static size_t hello_frame(const char *agent, unsigned char *out, size_t cap, str
 }
 
 /* Connect, say HELLO (with request right behind it, if any: OPEN_SESSION and
- * CLOSE_SESSION may be sent so) and read the booster's HELLO; its flags in *flags. */
+ * CLOSE_SESSION may be sent so) and read the booster's HELLO; its flags in *flags.
+ * The frames are made before the connect, so that they follow it at once: the
+ * booster, woken by the connect, then usually finds them there. */
 static int handshake(struct conn *c, const struct options *opt, const char *agent, const unsigned char *request,
                      size_t request_len, long long deadline, uint32_t *flags, struct failure *f)
 {
@@ -577,8 +579,6 @@ static int handshake(struct conn *c, const struct options *opt, const char *agen
     size_t len;
     unsigned type;
 
-    if (conn_open(c, opt->socket, deadline, f) < 0)
-        return -1;
     len = hello_frame(agent, frame, sizeof frame, &err);
     if (len == 0)
         return fail(f, F_BROKEN, "cannot send HELLO: %s", err.text);
@@ -586,6 +586,8 @@ static int handshake(struct conn *c, const struct options *opt, const char *agen
         return fail(f, F_BROKEN, "request of %zu bytes too large", request_len);
     if (request_len > 0)
         memcpy(frame + len, request, request_len);
+    if (conn_open(c, opt->socket, deadline, f) < 0)
+        return -1;
     if (conn_send(c, frame, len + request_len, deadline, f) < 0
         || conn_next(c, earliest(deadline, now_ms() + ANSWER_TIMEOUT_MS), &type, values, f) < 0)
         return -1;
