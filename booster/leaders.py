@@ -60,7 +60,9 @@ class LeaderWatcher(abc.ABC):
         warm login's answer need not wait for the registration."""
 
     def _arm(self, handle: Watch) -> None:
-        """Register ``handle`` with the loop, if that is left to ``arm``."""
+        """Register ``handle`` with the loop, where that is left to ``arm``
+        (a watcher whose one socket the loop watches from the start has
+        nothing to do)."""
 
     @abc.abstractmethod
     def _cancel(self, handle: Watch) -> None:
