@@ -395,13 +395,12 @@ class Booster:
         return session
 
     def admit_session(self, account: Account, req: p.OpenSession, leader: int, hello: p.Hello,
-                      conn: ClientConnection | None, peer_pid: int, armed: bool = True) -> Session:
+                      conn: ClientConnection | None, peer_pid: int) -> Session:
         """The first half of ``open_session``: what may refuse a session (the
-        limits, its leader, held by a watch from here on), and its id.  Nothing
-        knows of it until ``enter_session``, which must follow in the same step
-        of the loop; between the two a warm login's READY may go out
-        (``server.fast_answer``: its watch ``armed`` False, registered with the
-        loop by ``enter_session`` after the answer)."""
+        limits, its leader, held by an unarmed watch from here on), and its id.
+        Nothing knows of it until ``enter_session``, which must follow in the
+        same step of the loop and arms the watch; between the two a warm
+        login's READY may go out (``server.fast_answer``)."""
         if self._stop.is_set():
             raise Refused(p.ErrorCode.SHUTTING_DOWN, "the booster is stopping")
         user = self.users.get(account.uid)
@@ -416,7 +415,7 @@ class Booster:
         )
         if leader:
             try:
-                session.watch = self.leaders.watch(leader, lambda: self._leader_exited(session), armed)
+                session.watch = self.leaders.watch(leader, lambda: self._leader_exited(session), armed=False)
             except ProcessLookupError:
                 raise Refused(p.ErrorCode.LEADER_UNKNOWN, f"the session leader {leader} is gone") from None
             if not still_parent(peer_pid, leader):

@@ -1058,7 +1058,7 @@ def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes,
             return None
         req = p.OpenSession._decoded(request[1])
         try:
-            session = booster.admit_session(account, req, leader, hello_msg, None, cred.pid, armed=False)
+            session = booster.admit_session(account, req, leader, hello_msg, None, cred.pid)
         except Refused:
             return None  # the usual path refuses it again, and says why
         # HELLO, OPEN_SESSION, our HELLO, READY: the state table's moves for a

@@ -8,6 +8,7 @@ them directly.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -53,8 +54,6 @@ def user_booster() -> list[str]:
         else:
             base = tempfile.mkdtemp(prefix="bt-users-", dir="/tmp")
             os.chmod(base, 0o755)
-            import atexit
-
             atexit.register(shutil.rmtree, base, True)
             venv = Path(base) / "venv"
             shutil.copytree(VENV_BIN.parent, venv, symlinks=True)
