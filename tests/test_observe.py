@@ -13,6 +13,7 @@ import json
 import os
 import re
 import select
+import signal
 import subprocess
 import time
 
@@ -318,6 +319,14 @@ def test_logs_show_an_autostart_services_output_to_the_user_and_to_root(booster_
         assert unknown.returncode == 1 and unknown.stderr.strip() == "booster: no such user: nosuchuser-bt"
 
 
+def _ctrl_c_as_from_a_terminal() -> None:
+    """In a follower, before its exec: SIGINT at its default, as a shell at a
+    terminal starts a command.  A test run that a non-interactive shell
+    started in the background inherits SIGINT ignored, and Python keeps a
+    SIGINT that was ignored at its start ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_logs_follow_new_lines_until_the_user_leaves_and_count_against_the_per_uid_limit(booster_factory):
     b = booster_factory("runit", max_connections_per_uid=2)
     with pamkit.temp_user() as u:
@@ -327,7 +336,8 @@ def test_logs_follow_new_lines_until_the_user_leaves_and_count_against_the_per_u
                             desc="a tick kept")
             followers = [subprocess.Popen([*harness.user_booster(), "logs", "-f", "-n", "1", "--socket", b.socket],
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                          user=u.uid, group=u.gid, extra_groups=[], cwd="/")
+                                          user=u.uid, group=u.gid, extra_groups=[], cwd="/",
+                                          preexec_fn=_ctrl_c_as_from_a_terminal)
                          for _ in range(2)]
             try:
                 for follower in followers:
@@ -339,7 +349,7 @@ def test_logs_follow_new_lines_until_the_user_leaves_and_count_against_the_per_u
                 third = booster("status", "--socket", b.socket, user=u)
                 assert third.returncode == 1 and "LIMIT_REACHED" in third.stderr, third.stderr
                 # ... and goes through again once one follower stops (Ctrl-C).
-                followers[0].send_signal(2)
+                followers[0].send_signal(signal.SIGINT)
                 assert followers[0].wait(10) == 0
                 pamkit.wait_for(lambda: booster("status", "--socket", b.socket, user=u).returncode == 0, 10,
                                 desc="a connection free again")
