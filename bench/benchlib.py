@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,6 +49,14 @@ def save(name: str, data: dict, path: str | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": name, "machine": machine(), **data}, indent=1) + "\n")
     return out
+
+
+def extract_revision(rev: str, dest: str, *paths: str) -> None:
+    """The files of revision ``rev`` of this repository (only ``paths``, if
+    given) written into the directory ``dest``, as ``git archive`` makes them."""
+    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", rev, *paths],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
 
 
 def backends(choice: str) -> list[str]:

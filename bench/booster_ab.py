@@ -41,8 +41,7 @@ def install_revision(rev: str, work: str) -> list[str]:
     shutil.copytree(harness.VENV_BIN.parent, venv, symlinks=True)
     src = Path(work) / "src"
     src.mkdir()
-    archive = subprocess.run(["git", "-C", str(harness.REPO), "archive", rev], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    benchlib.extract_revision(rev, str(src))
     python = str(venv / "bin" / Path(sys.executable).name)
     subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", str(src)],
                    check=True)

@@ -29,7 +29,6 @@ import benchlib
 import harness
 
 PYTHON = "/usr/bin/python3"
-REPO = harness.REPO
 BEFORE = "88dffc2"  # the last revision whose pam_exec hook imported common.protocol's dataclasses
 
 
@@ -83,9 +82,7 @@ def lean_compare(rev: str, rounds: int, env: dict) -> list[dict]:
     package = os.path.dirname(os.path.dirname(harness.PAM_MODULE))
     out = []
     with tempfile.TemporaryDirectory(prefix="bt-lean-") as old:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "common", "invoker"],
-                                 capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
+        benchlib.extract_revision(rev, old, "common", "invoker")
         for module in ("invoker.hook", "invoker.pam_hooks"):
             totals: dict[str, list[float]] = {rev: [], "this checkout": []}
             imports: dict[str, set] = {}
@@ -113,9 +110,7 @@ def main() -> int:
     floor = measure([PYTHON, "-I", "-S", "-c", "pass"], env, args.rounds)
     old_floor = measure([PYTHON, "-c", "pass"], env, args.rounds)
     with tempfile.TemporaryDirectory(prefix="bt-before-") as old:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.before, "common", "invoker"],
-                                 capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
+        benchlib.extract_revision(args.before, old, "common", "invoker")
         # What the old hook imported: the invoker's command module, under a plain
         # 'python' as the script pip generated ran it.
         before = measure([PYTHON, "-c", "import invoker.cli"], dict(env, PYTHONPATH=old), args.rounds, cwd=old)
