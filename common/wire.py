@@ -371,6 +371,9 @@ def encode(type_: int, values, checked: bool = False) -> bytes:
         raise _local(f"{code_name('MSG_', type_)}: {len(values)} values for {len(fields)} fields")
     payload = bytearray()
     for (name, kind, _), value in zip(fields, values):
+        if kind is ENV:
+            payload += _env_field(name, value)
+            continue
         if not checked:
             check(name, kind, value)
         _encode_field(kind, value, payload)
@@ -379,9 +382,30 @@ def encode(type_: int, values, checked: bool = False) -> bytes:
     return HEADER.pack(MAGIC, VERSION, type_, len(payload)) + payload
 
 
-def decode_header(header) -> tuple:
-    """Check an 8-byte header; return (message type, payload length)."""
-    magic, version, type_, length = HEADER.unpack(header)
+# An environment checked and encoded, by its value: a booster sends each
+# user's few environments (READY) over and over.  Bounded; only tuples of
+# strings get in, each checked when it first came.
+_ENVS: dict = {}
+_ENVS_KEPT = 64
+
+
+def _env_field(name: str, value) -> bytes:
+    try:
+        encoded = _ENVS.get(value)
+    except TypeError:  # not hashable, so not a tuple of pairs of strings: check() says what it is
+        encoded = None
+    if encoded is None:
+        check(name, ENV, value)
+        out = bytearray()
+        _encode_field(ENV, value, out)
+        encoded = bytes(out)
+        if len(_ENVS) >= _ENVS_KEPT:
+            _ENVS.clear()
+        _ENVS[value] = encoded
+    return encoded
+
+
+def _checked_header(magic: bytes, version: int, type_: int, length: int) -> None:
     if magic != MAGIC:
         raise WireError("BadMagic", f"bad magic {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
@@ -391,35 +415,82 @@ def decode_header(header) -> tuple:
         raise WireError("UnknownMessageType", f"unknown message type {type_}")
     if length > MAX_PAYLOAD:
         raise WireError("FrameTooLarge", f"payload of {length} bytes exceeds {MAX_PAYLOAD}")
+
+
+def decode_header(header) -> tuple:
+    """Check an 8-byte header; return (message type, payload length)."""
+    magic, version, type_, length = HEADER.unpack(header)
+    _checked_header(magic, version, type_, length)
     return type_, length
+
+
+def _decode_values(type_: int, buf, pos: int, end: int) -> tuple:
+    """The values of a message of ``type_`` whose payload is ``buf[pos:end]``
+    (bytes or a bytearray), in field order."""
+    values = []
+    for name, kind, _ in FIELDS[type_]:
+        tag = kind[0]
+        if tag == INT:
+            stop = pos + kind[1].size
+            if stop > end:
+                raise _short(name)
+            values.append(kind[1].unpack_from(buf, pos)[0])
+        elif tag == STR:
+            if pos + 2 > end:
+                raise _short(name)
+            count = buf[pos] << 8 | buf[pos + 1]
+            if count > kind[1]:
+                raise WireError("FieldTooLong", f"field {name!r}: {count} bytes, limit {kind[1]}")
+            pos += 2
+            stop = pos + count
+            if stop > end:
+                raise _short(name)
+            raw = buf[pos:stop]
+            if b"\0" in raw:
+                raise WireError("InvalidString", f"field {name!r}: NUL in string")
+            try:
+                values.append(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise WireError("InvalidString", f"field {name!r}: invalid UTF-8 ({exc.reason})") from None
+        else:
+            value, used = _decode_field(name, kind, bytes(buf[pos:end]), 0)
+            values.append(value)
+            stop = pos + used
+        pos = stop
+    if pos != end:
+        raise WireError("MalformedPayload", f"{code_name('MSG_', type_)}: {end - pos} trailing bytes")
+    return tuple(values)
 
 
 def decode_payload(type_: int, payload) -> tuple:
     """The values of a message of ``type_``, in field order."""
-    buf = memoryview(payload)
-    pos = 0
-    values = []
-    for name, kind, _ in FIELDS[type_]:
-        value, pos = _decode_field(name, kind, buf, pos)
-        values.append(value)
-    if pos != len(buf):
-        raise WireError("MalformedPayload", f"{code_name('MSG_', type_)}: {len(buf) - pos} trailing bytes")
-    return tuple(values)
+    payload = bytes(payload)
+    return _decode_values(type_, payload, 0, len(payload))
+
+
+def frame_at(buf, pos: int = 0):
+    """The frame that starts at ``buf[pos]`` (bytes or a bytearray): (type,
+    values, where it ends), or None until it is complete.  The header is
+    checked as soon as it is complete, so an oversized or unknown frame is
+    refused before its payload is buffered."""
+    if len(buf) - pos < HEADER_SIZE:
+        return None
+    magic, version, type_, length = HEADER.unpack_from(buf, pos)
+    _checked_header(magic, version, type_, length)
+    end = pos + HEADER_SIZE + length
+    if len(buf) < end:
+        return None
+    return type_, _decode_values(type_, buf, pos + HEADER_SIZE, end), end
 
 
 def next_frame(buf: bytearray):
     """Take the first complete frame out of ``buf``: (type, values), or None
-    until more bytes arrive.  The header is checked as soon as it is complete,
-    so an oversized or unknown frame is refused before its payload is buffered."""
-    if len(buf) < HEADER_SIZE:
+    until more bytes arrive (``frame_at``)."""
+    found = frame_at(buf)
+    if found is None:
         return None
-    type_, length = decode_header(bytes(buf[:HEADER_SIZE]))
-    end = HEADER_SIZE + length
-    if len(buf) < end:
-        return None
-    payload = bytes(buf[HEADER_SIZE:end])
-    del buf[:end]
-    return type_, decode_payload(type_, payload)
+    del buf[:found[2]]
+    return found[0], found[1]
 
 
 # --- orderly disconnect ----------------------------------------------------------------
