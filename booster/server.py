@@ -48,6 +48,11 @@ LISTEN_BACKLOG = 4096     # the kernel caps it at net.core.somaxconn
 ACCEPT_BATCH = 64         # connections taken per wake-up: a flood must not starve the loop
 ACCEPT_PAUSE = 0.1        # seconds without accepting after EMFILE and the like
 FIRST_WAIT = 0.1          # seconds a root peer's first bytes are awaited without a connection task
+# What is read of a root peer at first: a HELLO and the largest OPEN_SESSION
+# (6.3 KB) fit; anything more stays in the socket for the connection's own
+# reading (and is no warm login).  Smaller than a read's usual 64 KiB: the
+# first read is on a warm login's path.
+FIRST_READ = 8192
 REFUSAL_LOG_INTERVAL = 1.0  # seconds: refusals beyond the first are summed into one line per interval
 
 
@@ -190,9 +195,22 @@ class Listener:
                 asyncio.get_running_loop().add_reader(self.sock.fileno(), self._accept)
 
     def _accept(self) -> None:
+        # The connections of warm logins answered in this batch are made after
+        # it: a close right behind its open (waiting in the backlog meanwhile)
+        # is answered before the open's connection object is.
+        answered: list = []
+        try:
+            self._accept_batch(answered)
+        finally:
+            for conn, cred, answer in answered:
+                self._answered(conn, cred, answer)
+
+    def _accept_batch(self, answered: list) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, _ = self.sock.accept()
+                # socket.accept's own work, less its asking the listener
+                # what family and type it is: an AF_UNIX stream, always.
+                conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, self.sock._accept()[0])
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and friends: the socket stays readable, so pause
@@ -208,7 +226,9 @@ class Listener:
             if reason is not None:
                 self._refuse(conn, cred, reason)
                 continue
-            conn.setblocking(False)
+            # Still blocking (its ClientConnection makes it non-blocking): what
+            # is done with it before (the first read, a warm login's answer)
+            # says MSG_DONTWAIT, one system call fewer ahead of the answer.
             first = b""
             if cred.uid == 0:
                 # A PAM module's HELLO and OPEN_SESSION come in one write, right
@@ -218,16 +238,26 @@ class Listener:
                 if first is None:
                     self._await_first(conn, cred)
                     continue
-            self._serve(conn, cred, first)
+            self._serve(conn, cred, first, answered)
 
-    def _serve(self, conn: socket.socket, cred: PeerCred, first: bytes) -> None:
+    def _serve(self, conn: socket.socket, cred: PeerCred, first: bytes, answered: list | None = None) -> None:
         """Hand an admitted connection on: answered at once if ``first`` (what
-        came first) is a warm login, else to a connection of its own."""
-        answered = fast_answer(self.booster, conn, cred, first) if first else None
-        if answered is not None:
-            self.booster.add_connection(conn, cred, conn=answered, phase="answered")
-        else:
+        came first) is a warm login, else to a connection of its own.  The
+        connection of one answered goes to ``answered``, if given, for later."""
+        answer = fast_answer(self.booster, conn, cred, first) if first else None
+        if answer is None:
             self.booster.add_connection(conn, cred, first)
+        elif answered is not None:
+            answered.append((conn, cred, answer))
+        else:
+            self._answered(conn, cred, answer)
+
+    def _answered(self, sock: socket.socket, cred: PeerCred, answer: tuple) -> None:
+        """The connection of a request ``fast_answer`` answered, for the orderly
+        disconnect and the log lines."""
+        conn = ClientConnection(self.booster, sock, cred)
+        conn.take_answer(answer)
+        self.booster.add_connection(sock, cred, conn=conn, phase="answered")
 
     def _await_first(self, conn: socket.socket, cred: PeerCred) -> None:
         """A root peer's first bytes are not here yet (a PAM module checks who
@@ -240,7 +270,7 @@ class Listener:
         def arrived() -> None:
             self._first_done(fd)
             try:
-                first = conn.recv(65536)
+                first = conn.recv(FIRST_READ, socket.MSG_DONTWAIT)
             except OSError:
                 first = b""  # the connection's own reading finds out
             self._serve(conn, cred, first)
@@ -328,6 +358,7 @@ def _claim_path(path: str) -> None:
 
 class ClientConnection:
     def __init__(self, booster, sock: socket.socket, cred: PeerCred) -> None:
+        sock.setblocking(False)
         self.booster = booster
         self.sock = sock
         self.loop = asyncio.get_running_loop()
@@ -409,8 +440,7 @@ class ClientConnection:
         if data["state"] not in vars(p.State).values():
             raise ValueError(f"a connection in protocol state {data['state']!r}")
         sock = fds.take_socket(data["fd"])
-        sock.setblocking(False)
-        conn = cls(booster, sock, PeerCred(*data["peer"]))
+        conn = cls(booster, sock, PeerCred(*data["peer"]))  # which makes it non-blocking
         conn.phase = data["phase"]
         conn.proto.state = data["state"]
         if data.get("hello") is not None:
@@ -448,6 +478,12 @@ class ClientConnection:
         """Nothing of the client's has been read yet."""
         return self.proto.state == p.State.START and not self.proto.decoder.buffered and self.inbox.empty()
 
+    def take_answer(self, answer: tuple) -> None:
+        """Where ``fast_answer``'s answer left this connection: the client's
+        HELLO, the session, the protocol state, the request answered, and
+        what of the answer the socket did not take."""
+        self.hello, self.session, self.proto.state, self.answered, self._held_out = answer
+
     def take_first(self, data: bytes) -> None:
         """What the listener read of this connection before it was handed over:
         taken now, so that a reexec finds it in the protocol state (decoded, or
@@ -470,7 +506,7 @@ class ClientConnection:
         if self._held:
             return b""  # a reexec holds what clients send: the usual reading waits for it to pass
         try:
-            return self.sock.recv(65536)
+            return self.sock.recv(FIRST_READ)
         except OSError:
             return b""
 
@@ -581,7 +617,9 @@ class ClientConnection:
             # Nothing of the client's read yet: a PAM module checks who listens
             # before it writes.  What comes first may still be a warm login.
             first = await self._first_bytes()
-            if first and fast_answer(self.booster, self.sock, self.cred, first, self) is not None:
+            answer = fast_answer(self.booster, self.sock, self.cred, first) if first else None
+            if answer is not None:
+                self.take_answer(answer)
                 phase = "answered"
                 self._set_phase("busy")
             elif first:
@@ -1009,7 +1047,7 @@ def _first_bytes(conn: socket.socket) -> bytes | None:
         if retry:
             os.sched_yield()
         try:
-            return conn.recv(65536)
+            return conn.recv(FIRST_READ, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
@@ -1017,8 +1055,7 @@ def _first_bytes(conn: socket.socket) -> bytes | None:
     return None
 
 
-def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes,
-                conn: "ClientConnection | None" = None) -> "ClientConnection | None":
+def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes) -> tuple | None:
     """Answer at once what a PAM module sends a root peer's way, if ``data`` is
     a HELLO and, right behind it, one of:
 
@@ -1030,19 +1067,18 @@ def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes,
     * CLOSE_SESSION of a session the booster has: it is ended as any other
       (``Booster.end_session``); our HELLO and CLOSED go out in one write.
 
-    Our end-of-file follows at once, and a connection object is made after the
-    answer, for the orderly disconnect and the log line.  Anything else (more
-    or fewer frames, an instance that is not ready, a refusal) returns None
-    before anything has changed, and the connection takes the usual path with
-    ``data``.  Returns the connection (``conn``, or one made here) in the
-    phase "answered"."""
-    buf = bytearray(data)
+    Our end-of-file follows at once.  Anything else (more or fewer frames, an
+    instance that is not ready, a refusal) returns None before anything has
+    changed, and the connection takes the usual path with ``data``.  Returns
+    where the answer left the connection, for the connection's object (made
+    after the answer, for the orderly disconnect and the log lines:
+    ``ClientConnection.take_answer``)."""
     try:
-        hello = wire.next_frame(buf)
-        request = wire.next_frame(buf)
+        hello = wire.frame_at(data)
+        request = wire.frame_at(data, hello[2]) if hello is not None else None
     except wire.WireError:
         return None
-    if buf or hello is None or request is None or hello[0] != wire.MSG_HELLO or booster.stopping:
+    if request is None or request[2] != len(data) or hello[0] != wire.MSG_HELLO or booster.stopping:
         return None
     hello_msg = p.Hello._decoded(hello[1])
     if request[0] == wire.MSG_OPEN_SESSION:
@@ -1078,7 +1114,7 @@ def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes,
         return None
     answer = _server_hello(cred.pid > 0)[1] + reply
     try:
-        sent = sock.send(answer)
+        sent = sock.send(answer, socket.MSG_DONTWAIT)
     except (BlockingIOError, InterruptedError):
         sent = 0
     except OSError:
@@ -1092,12 +1128,10 @@ def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes,
         booster.end_session(session, p.EndReason.CLOSED, log=False)  # logged with the close, below
     else:
         booster.enter_session(session, account, req)
-    # The rest is after the answer: the connection's object, for the disconnect and the log line.
-    if conn is None:
-        conn = ClientConnection(booster, sock, cred)
-    conn.hello, conn.session, conn.proto.state, conn.answered = hello_msg, session, state, request[0]
-    conn._held_out = answer[sent:]  # a full socket buffer (never, for two small frames): sent before the shutdown
-    return conn
+    # The rest is the connection's (``ClientConnection.take_answer``): what
+    # of the answer a full socket buffer did not take (never, for two small
+    # frames) goes before its end-of-file.
+    return hello_msg, session, state, request[0], answer[sent:]
 
 
 _HELLOS: dict[bool, tuple] = {}

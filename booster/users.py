@@ -273,7 +273,7 @@ class UserInstance:
         the account unchanged, room for one more session)?"""
         return (self.state in (UserState.READY, UserState.IDLE) and self.task is not None
                 and self.takeover is None and len(self.sessions) < self.config.max_sessions_per_user
-                and not changes(self.account, account))
+                and (account is self.account or not changes(self.account, account)))
 
     def add_session(self, session: Session) -> None:
         self.sessions[session.id] = session

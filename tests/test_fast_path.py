@@ -15,6 +15,7 @@ not yet written.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -105,6 +106,58 @@ def test_a_warm_login_and_its_logout_answer_alike_on_either_path(booster_factory
     assert log.count(f"session opened part=booster user={u.name} session={session_id} ") == 1, log[-3000:]
     assert sum(1 for line in log.splitlines() if "session closed" in line and f"session={session_id}" in line) == 1
     assert "Traceback" not in log
+
+
+def test_an_open_and_its_close_waiting_together_are_answered_in_order(booster_factory):
+    """A warm login and, right behind it, its logout, both waiting in the
+    listen backlog when the booster looks (it was stopped meanwhile): one
+    wake-up answers both, the logout after the open it ends (the open's
+    connection is made after the logout's answer), and the log says so in
+    that order."""
+    b = booster_factory("runit")
+    with pamkit.temp_user() as u:
+        install_autostart(u, "runit")
+        holder = Client(b.socket, "test-hold")
+        holder.open_session(u.name, leader_pid=os.getpid(), flags=w.OPEN_KEEP_CONNECTION)  # warm from now on
+        opener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        closer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stopped = False
+        try:
+            os.kill(b.pid, signal.SIGSTOP)
+            stopped = True
+            opener.connect(b.socket)
+            opener.sendall(hello_of("open_session") + w.encode(
+                w.MSG_OPEN_SESSION, (u.name, "fast-svc", "", "", "", os.getpid(), w.OPEN_KEEP_IF_UNSEEN, "")))
+            # By user and leader: the newest session this process leads, the one just asked for.
+            closer.connect(b.socket)
+            closer.sendall(hello_of("close_session") + w.encode(w.MSG_CLOSE_SESSION, (0, u.name, os.getpid())))
+            os.kill(b.pid, signal.SIGCONT)
+            stopped = False
+            answers = []
+            for sock in (opener, closer):
+                sock.settimeout(10)
+                buf = bytearray()
+                while (data := sock.recv(65536)):
+                    buf += data
+                answers.append([w.next_frame(buf) for _ in range(2)] + [bytes(buf)])
+            (hello, ready, rest), (hello2, closed, rest2) = answers
+            assert (hello[0], ready[0], rest, hello2[0], closed[0], rest2) == (
+                w.MSG_HELLO, w.MSG_READY, b"", w.MSG_HELLO, w.MSG_CLOSED, b""), answers
+            session_id = ready[1][0]
+            assert closed[1] == (session_id,)
+            pamkit.wait_for(lambda: b.user(u.name)["sessions"] == 1, 10, desc="the holder's session alone")
+        finally:
+            if stopped:
+                os.kill(b.pid, signal.SIGCONT)
+            opener.close()
+            closer.close()
+            holder.disconnect()
+        wait_gone(u.uid)
+    lines = b.log().splitlines()
+    opened = [i for i, line in enumerate(lines) if "session opened" in line and f"session={session_id} " in line]
+    closed_at = [i for i, line in enumerate(lines) if "session closed" in line and f"session={session_id}" in line]
+    assert len(opened) == 1 and len(closed_at) == 1 and opened[0] < closed_at[0], "\n".join(lines[-40:])
+    assert "Traceback" not in b.log()
 
 
 def test_a_cold_login_takes_the_usual_path_and_waits(booster_factory):
