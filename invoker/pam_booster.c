@@ -344,7 +344,11 @@ static void conn_close(struct conn *c)
     c->buf = NULL;
 }
 
-/* Connect, and believe only a root booster: nothing is sent before that. */
+/* Connect, and believe only a root booster: nothing is sent before that.
+ * The socket stays in blocking mode (see the connect below); every send and
+ * recv after the connect says MSG_DONTWAIT, and every wait is a poll bounded
+ * by the deadline, so no call blocks, and the request follows the check by
+ * no more than its own send. */
 static int conn_open(struct conn *c, const char *path, long long deadline, struct failure *f)
 {
     struct sockaddr_un addr = { .sun_family = AF_UNIX };
@@ -383,8 +387,6 @@ static int conn_open(struct conn *c, const char *path, long long deadline, struc
     if (cred.uid != 0)
         return fail(f, F_UNTRUSTED, "%s is served by uid %u (pid %ld), not by root: not a booster, "
                     "nothing sent", path, (unsigned)cred.uid, (long)cred.pid);
-    if (fcntl(c->fd, F_SETFL, O_NONBLOCK) < 0)
-        return fail(f, F_BROKEN, "fcntl: %m");
     return 0;
 }
 
