@@ -5,9 +5,10 @@ module (``invoker/pam_booster.c``) and its codec (``invoker/booster_wire.c``)
 take every constant and every message's fields from the header this script
 prints, so a message type or a field added on the Python side reaches the C
 decoder at the next build, and a field kind the C codec does not know stops
-the build instead of being decoded wrongly.  ``invoker/Makefile`` runs it:
-
-    python3 invoker/gen_wire_table.py > build/wire_table.h
+the build instead of being decoded wrongly.  The header is kept in the tree
+(``invoker/wire_table.h``: the module builds with a C compiler alone);
+``make -C invoker wire-table`` writes it again, and ``tests/test_native.py``
+fails while it differs from what this script prints.
 """
 
 import sys
@@ -49,7 +50,8 @@ def codes(prefix: str) -> list[tuple[str, int]]:
 
 def render() -> str:
     out = ["/* wire_table.h: the booster wire format for C, generated from common/wire.py",
-           " * by invoker/gen_wire_table.py.  Do not edit: change common/wire.py and rebuild. */",
+           " * by invoker/gen_wire_table.py.  Do not edit: change common/wire.py and run",
+           " * make -C invoker wire-table. */",
            "#ifndef BOOSTER_WIRE_TABLE_H", "#define BOOSTER_WIRE_TABLE_H", "",
            f"#define WIRE_MAGIC0 0x{wire.MAGIC[0]:02x}", f"#define WIRE_MAGIC1 0x{wire.MAGIC[1]:02x}",
            f"#define WIRE_VERSION {wire.VERSION}", f"#define WIRE_HEADER_SIZE {wire.HEADER_SIZE}",
