@@ -707,7 +707,7 @@ def test_a_term_deaf_fork_loop_does_not_outlive_the_logout_without_cgroups(boost
     try:
         with exec_service(b) as svc, pamkit.HeldSession(svc, user.name) as held:
             looping = lambda: [q for q in pamkit.procs_of_uid(user.uid, zombies=False)  # noqa: E731
-                               if "trap" in " ".join(q.cmdline())]
+                               if "trap" in pamkit.cmdline_of(q)]  # a forked child may be gone by now
             pamkit.wait_for(looping, 15, desc="the fork loop running")
             time.sleep(1)  # orphans pile up
             held.close()

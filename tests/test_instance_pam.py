@@ -240,7 +240,7 @@ def test_a_hanging_pam_open_is_bounded_by_login_timeout(booster_factory, backend
 
         def hung() -> list[str]:
             return pamkit.describe_procs(q for q in psutil.process_iter()
-                                         if not pamkit._is_zombie(q) and q.cmdline() == hang.split())
+                                         if not pamkit._is_zombie(q) and pamkit.cmdline_of(q) == " ".join(hang.split()))
         # The warm child and the module's process went with the instance's cgroup.
         pamkit.wait_for(lambda: not hung(), 10, desc="the hanging module's process gone")
 
