@@ -238,36 +238,40 @@ def _short(name: str) -> WireError:
     return WireError("MalformedPayload", f"payload too short for field {name!r}")
 
 
-def _decode_field(name: str, kind: tuple, buf, pos: int):
-    tag = kind[0]
-    if tag == INT:
-        end = pos + kind[1].size
-        if end > len(buf):
-            raise _short(name)
-        return kind[1].unpack_from(buf, pos)[0], end
-    if pos + 2 > len(buf):
+def _string_at(name: str, limit: int, buf, pos: int, end: int) -> tuple:
+    """The string field that starts at ``buf[pos]`` (its u16 count, then its
+    bytes, all before ``end``), and where it ends."""
+    if pos + 2 > end:
         raise _short(name)
-    (count,) = _LEN.unpack_from(buf, pos)
-    if tag == STR:
-        if count > kind[1]:
-            raise WireError("FieldTooLong", f"field {name!r}: {count} bytes, limit {kind[1]}")
-        end = pos + 2 + count
-        if end > len(buf):
-            raise _short(name)
-        raw = bytes(buf[pos + 2:end])
-        if b"\0" in raw:
-            raise WireError("InvalidString", f"field {name!r}: NUL in string")
-        try:
-            return raw.decode("utf-8"), end
-        except UnicodeDecodeError as exc:
-            raise WireError("InvalidString", f"field {name!r}: invalid UTF-8 ({exc.reason})") from None
+    count = buf[pos] << 8 | buf[pos + 1]
+    if count > limit:
+        raise WireError("FieldTooLong", f"field {name!r}: {count} bytes, limit {limit}")
+    stop = pos + 2 + count
+    if stop > end:
+        raise _short(name)
+    raw = bytes(buf[pos + 2:stop])
+    if b"\0" in raw:
+        raise WireError("InvalidString", f"field {name!r}: NUL in string")
+    try:
+        return raw.decode("utf-8"), stop
+    except UnicodeDecodeError as exc:
+        raise WireError("InvalidString", f"field {name!r}: invalid UTF-8 ({exc.reason})") from None
+
+
+def _env_at(name: str, buf, pos: int, end: int) -> tuple:
+    """The environment field that starts at ``buf[pos]`` (its u16 count of
+    entries, then each key and value string, all before ``end``), and where
+    it ends."""
+    if pos + 2 > end:
+        raise _short(name)
+    count = buf[pos] << 8 | buf[pos + 1]
     if count > MAX_ENV_ENTRIES:
         raise WireError("FieldTooLong", f"field {name!r}: {count} entries, limit {MAX_ENV_ENTRIES}")
     pos += 2
     entries = []
     for _ in range(count):
-        key, pos = _decode_field(name + ".key", _ENV_KEY, buf, pos)
-        val, pos = _decode_field(name + ".value", _ENV_VALUE, buf, pos)
+        key, pos = _string_at(name + ".key", ENV_KEY_LIMIT, buf, pos, end)
+        val, pos = _string_at(name + ".value", ENV_VALUE_LIMIT, buf, pos, end)
         if not key or "=" in key:
             raise WireError("MalformedPayload", f"field {name!r}: bad key {key!r}")
         entries.append((key, val))
@@ -436,26 +440,11 @@ def _decode_values(type_: int, buf, pos: int, end: int) -> tuple:
                 raise _short(name)
             values.append(kind[1].unpack_from(buf, pos)[0])
         elif tag == STR:
-            if pos + 2 > end:
-                raise _short(name)
-            count = buf[pos] << 8 | buf[pos + 1]
-            if count > kind[1]:
-                raise WireError("FieldTooLong", f"field {name!r}: {count} bytes, limit {kind[1]}")
-            pos += 2
-            stop = pos + count
-            if stop > end:
-                raise _short(name)
-            raw = buf[pos:stop]
-            if b"\0" in raw:
-                raise WireError("InvalidString", f"field {name!r}: NUL in string")
-            try:
-                values.append(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                raise WireError("InvalidString", f"field {name!r}: invalid UTF-8 ({exc.reason})") from None
-        else:
-            value, used = _decode_field(name, kind, bytes(buf[pos:end]), 0)
+            value, stop = _string_at(name, kind[1], buf, pos, end)
             values.append(value)
-            stop = pos + used
+        else:
+            value, stop = _env_at(name, buf, pos, end)
+            values.append(value)
         pos = stop
     if pos != end:
         raise WireError("MalformedPayload", f"{code_name('MSG_', type_)}: {end - pos} trailing bytes")
