@@ -3,12 +3,12 @@
 The wire format is written once, in ``common/wire.py``.  The native PAM
 module (``invoker/pam_booster.c``) and its codec (``invoker/booster_wire.c``)
 take every constant and every message's fields from the header this script
-prints, so a message type or a field added on the Python side reaches the C
-decoder at the next build, and a field kind the C codec does not know stops
-the build instead of being decoded wrongly.  The header is kept in the tree
-(``invoker/wire_table.h``: the module builds with a C compiler alone);
-``make -C invoker wire-table`` writes it again, and ``tests/test_native.py``
-fails while it differs from what this script prints.
+prints.  The header is kept in the tree (``invoker/wire_table.h``: the
+module builds with a C compiler alone); ``make -C invoker wire-table`` writes
+it again, so a message type or a field added on the Python side reaches the
+C decoder then, and a field kind the C codec does not know stops this script
+instead of being decoded wrongly.  ``tests/test_native.py`` fails while the
+header differs from what this script prints.
 """
 
 import sys
