@@ -126,22 +126,32 @@ size_t wire_fit(const char *src, size_t limit, char *dst)
     return out;
 }
 
+const char *wire_name(unsigned short name)
+{
+    return name < sizeof wire_names ? wire_names + name : "";
+}
+
 static const char *code_name(const struct wire_code *table, unsigned value)
 {
-    for (; table->name != NULL; table++)
+    for (; table->name != 0; table++)
         if (table->value == value)
-            return table->name;
+            return wire_name(table->name);
     return NULL;
 }
 
 const struct wire_message *wire_message_of(unsigned type)
 {
-    return type < 256 && wire_messages[type].name != NULL ? &wire_messages[type] : NULL;
+    return type < 256 && wire_messages[type].name != 0 ? &wire_messages[type] : NULL;
+}
+
+const struct wire_field *wire_fields_of(const struct wire_message *msg)
+{
+    return &wire_fields[msg->first];
 }
 
 const char *wire_message_name(unsigned type)
 {
-    return type < 256 ? wire_messages[type].name : NULL;
+    return type < 256 && wire_messages[type].name != 0 ? wire_name(wire_messages[type].name) : NULL;
 }
 
 const char *wire_error_name(unsigned code)
@@ -216,7 +226,7 @@ static int check_header(const unsigned char *h, unsigned *type, size_t *length, 
         return fail(err, "BadMagic", "bad magic 0x%02x%02x, expected \"DB\"", h[0], h[1]);
     if (h[2] != WIRE_VERSION)
         return fail(err, "UnsupportedVersion", "protocol version %u, this side speaks %d", h[2], WIRE_VERSION);
-    if (wire_messages[h[3]].name == NULL)
+    if (wire_messages[h[3]].name == 0)
         return fail(err, "UnknownMessageType", "unknown message type %u", h[3]);
     n = get_be(h + 4, 4);
     if (n > WIRE_MAX_PAYLOAD)
@@ -231,29 +241,30 @@ static int decode_payload(unsigned type, const unsigned char *buf, size_t len, s
                           struct wire_error *err)
 {
     const struct wire_message *msg = &wire_messages[type];
+    const struct wire_field *fields = wire_fields_of(msg);
     size_t pos = 0;
 
     for (unsigned i = 0; i < msg->count; i++) {
-        const struct wire_field *f = &msg->fields[i];
+        const struct wire_field *f = &fields[i];
         struct wire_value *v = &values[i];
         memset(v, 0, sizeof *v);
         if (f->kind == WIRE_STR) {
-            if (decode_str(buf, len, &pos, f->name, "", f->limit, v, err) < 0)
+            if (decode_str(buf, len, &pos, wire_name(f->name), "", f->limit, v, err) < 0)
                 return -1;
         } else if (f->kind == WIRE_ENV) {
-            if (decode_env(buf, len, &pos, f->name, v, err) < 0)
+            if (decode_env(buf, len, &pos, wire_name(f->name), v, err) < 0)
                 return -1;
         } else {
             size_t size = int_size(f->kind);
             if (len - pos < size)
-                return short_payload(err, f->name, "");
+                return short_payload(err, wire_name(f->name), "");
             v->num = get_be(buf + pos, size);
             v->i32 = (int32_t)(uint32_t)v->num;
             pos += size;
         }
     }
     if (pos != len)
-        return fail(err, "MalformedPayload", "%s: %zu trailing bytes", msg->name, len - pos);
+        return fail(err, "MalformedPayload", "%s: %zu trailing bytes", wire_name(msg->name), len - pos);
     return 0;
 }
 
@@ -308,12 +319,12 @@ static long checked_size(const struct wire_field *f, const struct wire_value *v,
 
     switch (f->kind) {
     case WIRE_STR:
-        if (check_str(f->name, v->str, v->len, f->limit, err) < 0)
+        if (check_str(wire_name(f->name), v->str, v->len, f->limit, err) < 0)
             return -1;
         return 2 + (long)v->len;
     case WIRE_ENV:
         if (v->len > WIRE_MAX_ENV_ENTRIES)
-            return fail(err, "LocalProtocolError", "field '%s': %zu entries, limit %d", f->name, v->len,
+            return fail(err, "LocalProtocolError", "field '%s': %zu entries, limit %d", wire_name(f->name), v->len,
                         WIRE_MAX_ENV_ENTRIES);
         size = 2;
         for (size_t i = 0; i < v->len; i++) {
@@ -322,7 +333,7 @@ static long checked_size(const struct wire_field *f, const struct wire_value *v,
                 || check_str("env.value", e->value, e->value_len, WIRE_ENV_VALUE_LIMIT, err) < 0)
                 return -1;
             if (e->key_len == 0 || memchr(e->key, '=', e->key_len) != NULL)
-                return fail(err, "LocalProtocolError", "field '%s': bad key (empty, or with '=')", f->name);
+                return fail(err, "LocalProtocolError", "field '%s': bad key (empty, or with '=')", wire_name(f->name));
             size += 4 + (long)(e->key_len + e->value_len);
         }
         return size;
@@ -330,7 +341,7 @@ static long checked_size(const struct wire_field *f, const struct wire_value *v,
         return 4;
     default:
         if (v->num > top[f->kind])
-            return fail(err, "LocalProtocolError", "field '%s': %llu out of range", f->name,
+            return fail(err, "LocalProtocolError", "field '%s': %llu out of range", wire_name(f->name),
                         (unsigned long long)v->num);
         return (long)int_size(f->kind);
     }
@@ -347,31 +358,33 @@ static unsigned char *put_str(unsigned char *p, const char *s, size_t len)
 size_t wire_encode(unsigned type, const struct wire_value *values, size_t count,
                    unsigned char *out, size_t cap, struct wire_error *err)
 {
-    const struct wire_message *msg = type < 256 ? &wire_messages[type] : NULL;
+    const struct wire_message *msg = wire_message_of(type);
+    const struct wire_field *fields;
     unsigned char *p;
     long payload = 0;
 
-    if (msg == NULL || msg->name == NULL) {
+    if (msg == NULL) {
         fail(err, "LocalProtocolError", "unknown message type %u", type);
         return 0;
     }
     if (count != msg->count) {
-        fail(err, "LocalProtocolError", "%s: %zu values for %u fields", msg->name, count, msg->count);
+        fail(err, "LocalProtocolError", "%s: %zu values for %u fields", wire_name(msg->name), count, msg->count);
         return 0;
     }
+    fields = wire_fields_of(msg);
     for (unsigned i = 0; i < msg->count; i++) {
-        long size = checked_size(&msg->fields[i], &values[i], err);
+        long size = checked_size(&fields[i], &values[i], err);
         if (size < 0)
             return 0;
         payload += size;
     }
     if (payload > WIRE_MAX_PAYLOAD) {
-        fail(err, "LocalProtocolError", "%s: payload of %ld bytes exceeds %d", msg->name, payload,
+        fail(err, "LocalProtocolError", "%s: payload of %ld bytes exceeds %d", wire_name(msg->name), payload,
              WIRE_MAX_PAYLOAD);
         return 0;
     }
     if ((size_t)payload + WIRE_HEADER_SIZE > cap) {
-        fail(err, "LocalProtocolError", "%s: %ld bytes do not fit the buffer", msg->name,
+        fail(err, "LocalProtocolError", "%s: %ld bytes do not fit the buffer", wire_name(msg->name),
              payload + WIRE_HEADER_SIZE);
         return 0;
     }
@@ -382,7 +395,7 @@ size_t wire_encode(unsigned type, const struct wire_value *values, size_t count,
     put_be(out + 4, (uint64_t)payload, 4);
     p = out + WIRE_HEADER_SIZE;
     for (unsigned i = 0; i < msg->count; i++) {
-        const struct wire_field *f = &msg->fields[i];
+        const struct wire_field *f = &fields[i];
         const struct wire_value *v = &values[i];
         if (f->kind == WIRE_STR)
             p = put_str(p, v->str, v->len);

@@ -16,21 +16,25 @@
 
 enum wire_kind { WIRE_U8, WIRE_U16, WIRE_U32, WIRE_U64, WIRE_I32, WIRE_STR, WIRE_ENV };
 
+/* The tables (wire_table.h) hold offsets, not pointers: a name is an offset
+ * in the string of names (wire_name), a message's fields are a run of the
+ * table of fields (wire_fields_of).  Read-only data with nothing to relocate:
+ * the module's pages stay the file's when a PAM application loads it. */
 struct wire_field {
-    const char *name;
+    unsigned short name;    /* wire_name */
     unsigned char kind;     /* enum wire_kind */
     unsigned short limit;   /* WIRE_STR: the most bytes it may hold */
 };
 
 struct wire_message {
-    const char *name;       /* NULL: no message has this type */
+    unsigned short name;    /* wire_name; 0: no message has this type */
     unsigned char count;
-    const struct wire_field *fields;
+    unsigned short first;   /* its first field's place in the table of fields */
 };
 
 struct wire_code {
     unsigned value;
-    const char *name;
+    unsigned short name;    /* wire_name; 0 ends a table */
 };
 
 #include "wire_table.h"
@@ -84,6 +88,12 @@ size_t wire_fit(const char *src, size_t limit, char *dst);
 
 /* A message type's name and fields; NULL if there is no such type. */
 const struct wire_message *wire_message_of(unsigned type);
+
+/* A message's fields, msg->count of them. */
+const struct wire_field *wire_fields_of(const struct wire_message *msg);
+
+/* The name at an offset that a table gives. */
+const char *wire_name(unsigned short name);
 
 /* The name of a message type, error code or end reason; NULL if it has none. */
 const char *wire_message_name(unsigned type);

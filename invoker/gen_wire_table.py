@@ -48,6 +48,27 @@ def codes(prefix: str) -> list[tuple[str, int]]:
                    if key.startswith(prefix) and key.isupper() and type(val) is int), key=lambda kv: kv[1])
 
 
+class Names:
+    """The string of every name, and each name's offset in it (a name used
+    twice is there once)."""
+
+    def __init__(self) -> None:
+        self.texts = [""]
+        self.offsets = {"": 0}
+        self.size = 1
+
+    def at(self, text: str) -> int:
+        if text not in self.offsets:
+            if not text.isascii() or not text.isprintable() or '"' in text or "\\" in text:
+                raise SystemExit(f"gen_wire_table: name {text!r} is not plain text")
+            self.offsets[text] = self.size
+            self.texts.append(text)
+            self.size += len(text) + 1
+            if self.size > 0xFFFF:
+                raise SystemExit("gen_wire_table: the names do not fit u16 offsets")
+        return self.offsets[text]
+
+
 def render() -> str:
     out = ["/* wire_table.h: the booster wire format for C, generated from common/wire.py",
            " * by invoker/gen_wire_table.py.  Do not edit: change common/wire.py and run",
@@ -72,26 +93,36 @@ def render() -> str:
         out.append(f"#define WIRE_FIELDS_{name} {len(fields)}")
         out += [f"#define WIRE_FIELD_{name}_{field.upper()} {i}" for i, (field, _, _) in enumerate(fields)]
     out += ["",
-            "/* The tables, for the codec (booster_wire.c) alone. */", "#ifdef WIRE_TABLES", ""]
+            "/* The tables, for the codec (booster_wire.c) alone.  They hold no pointers:",
+            " * a name is its offset in wire_names, a message's fields a run of wire_fields,",
+            " * so the tables are read-only data that loading the module does not relocate. */",
+            "#ifdef WIRE_TABLES", ""]
+    names = Names()
+    rows, first = [], {}
     for type_, fields in sorted(wire.FIELDS.items()):
+        first[type_] = len(rows)
         name = wire.code_name("MSG_", type_)
-        out.append(f"static const struct wire_field wire_fields_{name.lower()}[] = {{")
-        for field, kind, _default in fields:
+        for i, (field, kind, _default) in enumerate(fields):
             ckind, limit = c_kind(field, kind)
-            out.append(f'    {{ "{field}", {ckind}, {limit} }},')
-        out.append("};")
-    out += ["", "/* Indexed by the header's type byte; count 0: not a message type. */",
-            "static const struct wire_message wire_messages[256] = {"]
-    for type_ in sorted(wire.FIELDS):
-        name = wire.code_name("MSG_", type_)
-        out.append(f'    [{type_}] = {{ "{name}", {len(wire.FIELDS[type_])}, wire_fields_{name.lower()} }},')
-    out += ["};", ""]
+            rows.append(f"    {{ {names.at(field)}, {ckind}, {limit} }},  /* {name}.{field} */")
+    if len(rows) > 0xFFFF:
+        raise SystemExit(f"gen_wire_table: {len(rows)} fields do not fit a u16 index")
+    messages = [f"    [{type_}] = {{ {names.at(wire.code_name('MSG_', type_))}, {len(wire.FIELDS[type_])}, "
+                f"{first[type_]} }},  /* {wire.code_name('MSG_', type_)} */" for type_ in sorted(wire.FIELDS)]
+    tables = []
     for prefix, table in CODE_KINDS:
         if table is None:
             continue
-        out.append(f"static const struct wire_code {table}[] = {{")
-        out += [f'    {{ {val}, "{key[len(prefix):]}" }},' for key, val in codes(prefix)]
-        out += ["    { 0, NULL },", "};"]
+        tables.append(f"static const struct wire_code {table}[] = {{")
+        tables += [f"    {{ {val}, {names.at(key[len(prefix):])} }},  /* {key[len(prefix):]} */"
+                   for key, val in codes(prefix)]
+        tables += ["    { 0, 0 },", "};"]
+    out += ["/* Every name, each ended by its NUL; offset 0 is the empty name: none. */",
+            "static const char wire_names[] ="]
+    out += [f'    "{text}\\0"' for text in names.texts[:-1]] + [f'    "{names.texts[-1]}";', ""]
+    out += ["static const struct wire_field wire_fields[] = {"] + rows + ["};", "",
+            "/* Indexed by the header's type byte; name 0: not a message type. */",
+            "static const struct wire_message wire_messages[256] = {"] + messages + ["};", ""] + tables
     out += ["", "#endif /* WIRE_TABLES */", "#endif", ""]
     return "\n".join(out)
 

@@ -60,7 +60,7 @@ static void print_frame(unsigned type, const struct wire_value *values)
     printf(" F%u", type);
     for (unsigned i = 0; i < msg->count; i++) {
         const struct wire_value *v = &values[i];
-        switch (msg->fields[i].kind) {
+        switch (wire_fields_of(msg)[i].kind) {
         case WIRE_STR:
             printf(" s:");
             put_hex(v->str, v->len);

@@ -172,209 +172,251 @@
 #define WIRE_FIELDS_REEXEC 1
 #define WIRE_FIELD_REEXEC_FLAGS 0
 
-/* The tables, for the codec (booster_wire.c) alone. */
+/* The tables, for the codec (booster_wire.c) alone.  They hold no pointers:
+ * a name is its offset in wire_names, a message's fields a run of wire_fields,
+ * so the tables are read-only data that loading the module does not relocate. */
 #ifdef WIRE_TABLES
 
-static const struct wire_field wire_fields_hello[] = {
-    { "pid", WIRE_U32, 0 },
-    { "pidns", WIRE_U64, 0 },
-    { "flags", WIRE_U32, 0 },
-    { "agent", WIRE_STR, 64 },
-};
-static const struct wire_field wire_fields_open_session[] = {
-    { "user", WIRE_STR, 256 },
-    { "service", WIRE_STR, 256 },
-    { "tty", WIRE_STR, 256 },
-    { "rhost", WIRE_STR, 1024 },
-    { "ruser", WIRE_STR, 256 },
-    { "leader_pid", WIRE_U32, 0 },
-    { "flags", WIRE_U32, 0 },
-    { "runtime_dir", WIRE_STR, 4095 },
-};
-static const struct wire_field wire_fields_wait[] = {
-    { "session_id", WIRE_U64, 0 },
-    { "timeout_ms", WIRE_U32, 0 },
-};
-static const struct wire_field wire_fields_ready[] = {
-    { "session_id", WIRE_U64, 0 },
-    { "env", WIRE_ENV, 0 },
-};
-static const struct wire_field wire_fields_error[] = {
-    { "code", WIRE_U16, 0 },
-    { "text", WIRE_STR, 1024 },
-};
-static const struct wire_field wire_fields_close_session[] = {
-    { "session_id", WIRE_U64, 0 },
-    { "user", WIRE_STR, 256 },
-    { "leader_pid", WIRE_U32, 0 },
-};
-static const struct wire_field wire_fields_closed[] = {
-    { "session_id", WIRE_U64, 0 },
-};
-static const struct wire_field wire_fields_ended[] = {
-    { "session_id", WIRE_U64, 0 },
-    { "reason", WIRE_U16, 0 },
-    { "exit_status", WIRE_I32, 0 },
-    { "signal", WIRE_U8, 0 },
-    { "text", WIRE_STR, 1024 },
-};
-static const struct wire_field wire_fields_status_request[] = {
-    { "user", WIRE_STR, 256 },
-};
-static const struct wire_field wire_fields_status_entry[] = {
-    { "uid", WIRE_U32, 0 },
-    { "user", WIRE_STR, 256 },
-    { "state", WIRE_STR, 32 },
-    { "pid", WIRE_U32, 0 },
-    { "sessions", WIRE_U32, 0 },
-    { "restarts", WIRE_U32, 0 },
-    { "backend", WIRE_STR, 32 },
-    { "flags", WIRE_U32, 0 },
-    { "exit_status", WIRE_I32, 0 },
-    { "signal", WIRE_U8, 0 },
-    { "detail", WIRE_STR, 1024 },
-};
-static const struct wire_field wire_fields_status_end[] = {
-    { "count", WIRE_U32, 0 },
-    { "pool", WIRE_U32, 0 },
-};
-static const struct wire_field wire_fields_prewarm[] = {
-    { "user", WIRE_STR, 256 },
-};
-static const struct wire_field wire_fields_terminate[] = {
-    { "user", WIRE_STR, 256 },
-};
-static const struct wire_field wire_fields_linger[] = {
-    { "user", WIRE_STR, 256 },
-    { "enable", WIRE_U8, 0 },
-};
-static const struct wire_field wire_fields_ack[] = {
-    { "value", WIRE_U32, 0 },
-    { "text", WIRE_STR, 1024 },
-};
-static const struct wire_field wire_fields_sessions_request[] = {
-    { "user", WIRE_STR, 256 },
-};
-static const struct wire_field wire_fields_session_entry[] = {
-    { "session_id", WIRE_U64, 0 },
-    { "uid", WIRE_U32, 0 },
-    { "user", WIRE_STR, 256 },
-    { "service", WIRE_STR, 256 },
-    { "tty", WIRE_STR, 256 },
-    { "rhost", WIRE_STR, 1024 },
-    { "ruser", WIRE_STR, 256 },
-    { "leader_pid", WIRE_U32, 0 },
-    { "kind", WIRE_STR, 32 },
-    { "opened_ms", WIRE_U64, 0 },
-    { "flags", WIRE_U32, 0 },
-};
-static const struct wire_field wire_fields_sessions_end[] = {
-    { "count", WIRE_U32, 0 },
-};
-static const struct wire_field wire_fields_log_request[] = {
-    { "user", WIRE_STR, 256 },
-    { "lines", WIRE_U32, 0 },
-    { "flags", WIRE_U32, 0 },
-};
-static const struct wire_field wire_fields_log_line[] = {
-    { "seq", WIRE_U64, 0 },
-    { "time_ms", WIRE_U64, 0 },
-    { "flags", WIRE_U32, 0 },
-    { "text", WIRE_STR, 65000 },
-};
-static const struct wire_field wire_fields_log_end[] = {
-    { "count", WIRE_U32, 0 },
-    { "text", WIRE_STR, 1024 },
-};
-static const struct wire_field wire_fields_usage[] = {
-    { "uid", WIRE_U32, 0 },
-    { "rss", WIRE_U64, 0 },
-    { "cpu_ms", WIRE_U64, 0 },
-    { "started_ms", WIRE_U64, 0 },
-    { "processes", WIRE_U32, 0 },
-    { "source", WIRE_STR, 32 },
-};
-static const struct wire_field wire_fields_reexec[] = {
-    { "flags", WIRE_U32, 0 },
+/* Every name, each ended by its NUL; offset 0 is the empty name: none. */
+static const char wire_names[] =
+    "\0"
+    "pid\0"
+    "pidns\0"
+    "flags\0"
+    "agent\0"
+    "user\0"
+    "service\0"
+    "tty\0"
+    "rhost\0"
+    "ruser\0"
+    "leader_pid\0"
+    "runtime_dir\0"
+    "session_id\0"
+    "timeout_ms\0"
+    "env\0"
+    "code\0"
+    "text\0"
+    "reason\0"
+    "exit_status\0"
+    "signal\0"
+    "uid\0"
+    "state\0"
+    "sessions\0"
+    "restarts\0"
+    "backend\0"
+    "detail\0"
+    "count\0"
+    "pool\0"
+    "enable\0"
+    "value\0"
+    "kind\0"
+    "opened_ms\0"
+    "lines\0"
+    "seq\0"
+    "time_ms\0"
+    "rss\0"
+    "cpu_ms\0"
+    "started_ms\0"
+    "processes\0"
+    "source\0"
+    "HELLO\0"
+    "OPEN_SESSION\0"
+    "WAIT\0"
+    "READY\0"
+    "ERROR\0"
+    "CLOSE_SESSION\0"
+    "CLOSED\0"
+    "ENDED\0"
+    "STATUS_REQUEST\0"
+    "STATUS_ENTRY\0"
+    "STATUS_END\0"
+    "PREWARM\0"
+    "TERMINATE\0"
+    "LINGER\0"
+    "ACK\0"
+    "SESSIONS_REQUEST\0"
+    "SESSION_ENTRY\0"
+    "SESSIONS_END\0"
+    "LOG_REQUEST\0"
+    "LOG_LINE\0"
+    "LOG_END\0"
+    "USAGE\0"
+    "REEXEC\0"
+    "MALFORMED\0"
+    "UNSUPPORTED_VERSION\0"
+    "UNEXPECTED_MESSAGE\0"
+    "NOT_PERMITTED\0"
+    "UNKNOWN_USER\0"
+    "START_FAILED\0"
+    "TIMEOUT\0"
+    "NO_SUCH_SESSION\0"
+    "SHUTTING_DOWN\0"
+    "INTERNAL\0"
+    "LIMIT_REACHED\0"
+    "LEADER_UNKNOWN\0"
+    "REEXEC_REFUSED\0"
+    "LEADER_EXITED\0"
+    "INSTANCE_FAILED\0"
+    "SHUTDOWN\0"
+    "TERMINATED\0"
+    "ACCOUNT_CHANGED";
+
+static const struct wire_field wire_fields[] = {
+    { 1, WIRE_U32, 0 },  /* HELLO.pid */
+    { 5, WIRE_U64, 0 },  /* HELLO.pidns */
+    { 11, WIRE_U32, 0 },  /* HELLO.flags */
+    { 17, WIRE_STR, 64 },  /* HELLO.agent */
+    { 23, WIRE_STR, 256 },  /* OPEN_SESSION.user */
+    { 28, WIRE_STR, 256 },  /* OPEN_SESSION.service */
+    { 36, WIRE_STR, 256 },  /* OPEN_SESSION.tty */
+    { 40, WIRE_STR, 1024 },  /* OPEN_SESSION.rhost */
+    { 46, WIRE_STR, 256 },  /* OPEN_SESSION.ruser */
+    { 52, WIRE_U32, 0 },  /* OPEN_SESSION.leader_pid */
+    { 11, WIRE_U32, 0 },  /* OPEN_SESSION.flags */
+    { 63, WIRE_STR, 4095 },  /* OPEN_SESSION.runtime_dir */
+    { 75, WIRE_U64, 0 },  /* WAIT.session_id */
+    { 86, WIRE_U32, 0 },  /* WAIT.timeout_ms */
+    { 75, WIRE_U64, 0 },  /* READY.session_id */
+    { 97, WIRE_ENV, 0 },  /* READY.env */
+    { 101, WIRE_U16, 0 },  /* ERROR.code */
+    { 106, WIRE_STR, 1024 },  /* ERROR.text */
+    { 75, WIRE_U64, 0 },  /* CLOSE_SESSION.session_id */
+    { 23, WIRE_STR, 256 },  /* CLOSE_SESSION.user */
+    { 52, WIRE_U32, 0 },  /* CLOSE_SESSION.leader_pid */
+    { 75, WIRE_U64, 0 },  /* CLOSED.session_id */
+    { 75, WIRE_U64, 0 },  /* ENDED.session_id */
+    { 111, WIRE_U16, 0 },  /* ENDED.reason */
+    { 118, WIRE_I32, 0 },  /* ENDED.exit_status */
+    { 130, WIRE_U8, 0 },  /* ENDED.signal */
+    { 106, WIRE_STR, 1024 },  /* ENDED.text */
+    { 23, WIRE_STR, 256 },  /* STATUS_REQUEST.user */
+    { 137, WIRE_U32, 0 },  /* STATUS_ENTRY.uid */
+    { 23, WIRE_STR, 256 },  /* STATUS_ENTRY.user */
+    { 141, WIRE_STR, 32 },  /* STATUS_ENTRY.state */
+    { 1, WIRE_U32, 0 },  /* STATUS_ENTRY.pid */
+    { 147, WIRE_U32, 0 },  /* STATUS_ENTRY.sessions */
+    { 156, WIRE_U32, 0 },  /* STATUS_ENTRY.restarts */
+    { 165, WIRE_STR, 32 },  /* STATUS_ENTRY.backend */
+    { 11, WIRE_U32, 0 },  /* STATUS_ENTRY.flags */
+    { 118, WIRE_I32, 0 },  /* STATUS_ENTRY.exit_status */
+    { 130, WIRE_U8, 0 },  /* STATUS_ENTRY.signal */
+    { 173, WIRE_STR, 1024 },  /* STATUS_ENTRY.detail */
+    { 180, WIRE_U32, 0 },  /* STATUS_END.count */
+    { 186, WIRE_U32, 0 },  /* STATUS_END.pool */
+    { 23, WIRE_STR, 256 },  /* PREWARM.user */
+    { 23, WIRE_STR, 256 },  /* TERMINATE.user */
+    { 23, WIRE_STR, 256 },  /* LINGER.user */
+    { 191, WIRE_U8, 0 },  /* LINGER.enable */
+    { 198, WIRE_U32, 0 },  /* ACK.value */
+    { 106, WIRE_STR, 1024 },  /* ACK.text */
+    { 23, WIRE_STR, 256 },  /* SESSIONS_REQUEST.user */
+    { 75, WIRE_U64, 0 },  /* SESSION_ENTRY.session_id */
+    { 137, WIRE_U32, 0 },  /* SESSION_ENTRY.uid */
+    { 23, WIRE_STR, 256 },  /* SESSION_ENTRY.user */
+    { 28, WIRE_STR, 256 },  /* SESSION_ENTRY.service */
+    { 36, WIRE_STR, 256 },  /* SESSION_ENTRY.tty */
+    { 40, WIRE_STR, 1024 },  /* SESSION_ENTRY.rhost */
+    { 46, WIRE_STR, 256 },  /* SESSION_ENTRY.ruser */
+    { 52, WIRE_U32, 0 },  /* SESSION_ENTRY.leader_pid */
+    { 204, WIRE_STR, 32 },  /* SESSION_ENTRY.kind */
+    { 209, WIRE_U64, 0 },  /* SESSION_ENTRY.opened_ms */
+    { 11, WIRE_U32, 0 },  /* SESSION_ENTRY.flags */
+    { 180, WIRE_U32, 0 },  /* SESSIONS_END.count */
+    { 23, WIRE_STR, 256 },  /* LOG_REQUEST.user */
+    { 219, WIRE_U32, 0 },  /* LOG_REQUEST.lines */
+    { 11, WIRE_U32, 0 },  /* LOG_REQUEST.flags */
+    { 225, WIRE_U64, 0 },  /* LOG_LINE.seq */
+    { 229, WIRE_U64, 0 },  /* LOG_LINE.time_ms */
+    { 11, WIRE_U32, 0 },  /* LOG_LINE.flags */
+    { 106, WIRE_STR, 65000 },  /* LOG_LINE.text */
+    { 180, WIRE_U32, 0 },  /* LOG_END.count */
+    { 106, WIRE_STR, 1024 },  /* LOG_END.text */
+    { 137, WIRE_U32, 0 },  /* USAGE.uid */
+    { 237, WIRE_U64, 0 },  /* USAGE.rss */
+    { 241, WIRE_U64, 0 },  /* USAGE.cpu_ms */
+    { 248, WIRE_U64, 0 },  /* USAGE.started_ms */
+    { 259, WIRE_U32, 0 },  /* USAGE.processes */
+    { 269, WIRE_STR, 32 },  /* USAGE.source */
+    { 11, WIRE_U32, 0 },  /* REEXEC.flags */
 };
 
-/* Indexed by the header's type byte; count 0: not a message type. */
+/* Indexed by the header's type byte; name 0: not a message type. */
 static const struct wire_message wire_messages[256] = {
-    [1] = { "HELLO", 4, wire_fields_hello },
-    [2] = { "OPEN_SESSION", 8, wire_fields_open_session },
-    [3] = { "WAIT", 2, wire_fields_wait },
-    [4] = { "READY", 2, wire_fields_ready },
-    [5] = { "ERROR", 2, wire_fields_error },
-    [6] = { "CLOSE_SESSION", 3, wire_fields_close_session },
-    [7] = { "CLOSED", 1, wire_fields_closed },
-    [8] = { "ENDED", 5, wire_fields_ended },
-    [9] = { "STATUS_REQUEST", 1, wire_fields_status_request },
-    [10] = { "STATUS_ENTRY", 11, wire_fields_status_entry },
-    [11] = { "STATUS_END", 2, wire_fields_status_end },
-    [12] = { "PREWARM", 1, wire_fields_prewarm },
-    [13] = { "TERMINATE", 1, wire_fields_terminate },
-    [14] = { "LINGER", 2, wire_fields_linger },
-    [15] = { "ACK", 2, wire_fields_ack },
-    [16] = { "SESSIONS_REQUEST", 1, wire_fields_sessions_request },
-    [17] = { "SESSION_ENTRY", 11, wire_fields_session_entry },
-    [18] = { "SESSIONS_END", 1, wire_fields_sessions_end },
-    [19] = { "LOG_REQUEST", 3, wire_fields_log_request },
-    [20] = { "LOG_LINE", 4, wire_fields_log_line },
-    [21] = { "LOG_END", 2, wire_fields_log_end },
-    [22] = { "USAGE", 6, wire_fields_usage },
-    [24] = { "REEXEC", 1, wire_fields_reexec },
+    [1] = { 276, 4, 0 },  /* HELLO */
+    [2] = { 282, 8, 4 },  /* OPEN_SESSION */
+    [3] = { 295, 2, 12 },  /* WAIT */
+    [4] = { 300, 2, 14 },  /* READY */
+    [5] = { 306, 2, 16 },  /* ERROR */
+    [6] = { 312, 3, 18 },  /* CLOSE_SESSION */
+    [7] = { 326, 1, 21 },  /* CLOSED */
+    [8] = { 333, 5, 22 },  /* ENDED */
+    [9] = { 339, 1, 27 },  /* STATUS_REQUEST */
+    [10] = { 354, 11, 28 },  /* STATUS_ENTRY */
+    [11] = { 367, 2, 39 },  /* STATUS_END */
+    [12] = { 378, 1, 41 },  /* PREWARM */
+    [13] = { 386, 1, 42 },  /* TERMINATE */
+    [14] = { 396, 2, 43 },  /* LINGER */
+    [15] = { 403, 2, 45 },  /* ACK */
+    [16] = { 407, 1, 47 },  /* SESSIONS_REQUEST */
+    [17] = { 424, 11, 48 },  /* SESSION_ENTRY */
+    [18] = { 438, 1, 59 },  /* SESSIONS_END */
+    [19] = { 451, 3, 60 },  /* LOG_REQUEST */
+    [20] = { 463, 4, 63 },  /* LOG_LINE */
+    [21] = { 472, 2, 67 },  /* LOG_END */
+    [22] = { 480, 6, 69 },  /* USAGE */
+    [24] = { 486, 1, 75 },  /* REEXEC */
 };
 
 static const struct wire_code wire_message_names[] = {
-    { 1, "HELLO" },
-    { 2, "OPEN_SESSION" },
-    { 3, "WAIT" },
-    { 4, "READY" },
-    { 5, "ERROR" },
-    { 6, "CLOSE_SESSION" },
-    { 7, "CLOSED" },
-    { 8, "ENDED" },
-    { 9, "STATUS_REQUEST" },
-    { 10, "STATUS_ENTRY" },
-    { 11, "STATUS_END" },
-    { 12, "PREWARM" },
-    { 13, "TERMINATE" },
-    { 14, "LINGER" },
-    { 15, "ACK" },
-    { 16, "SESSIONS_REQUEST" },
-    { 17, "SESSION_ENTRY" },
-    { 18, "SESSIONS_END" },
-    { 19, "LOG_REQUEST" },
-    { 20, "LOG_LINE" },
-    { 21, "LOG_END" },
-    { 22, "USAGE" },
-    { 24, "REEXEC" },
-    { 0, NULL },
+    { 1, 276 },  /* HELLO */
+    { 2, 282 },  /* OPEN_SESSION */
+    { 3, 295 },  /* WAIT */
+    { 4, 300 },  /* READY */
+    { 5, 306 },  /* ERROR */
+    { 6, 312 },  /* CLOSE_SESSION */
+    { 7, 326 },  /* CLOSED */
+    { 8, 333 },  /* ENDED */
+    { 9, 339 },  /* STATUS_REQUEST */
+    { 10, 354 },  /* STATUS_ENTRY */
+    { 11, 367 },  /* STATUS_END */
+    { 12, 378 },  /* PREWARM */
+    { 13, 386 },  /* TERMINATE */
+    { 14, 396 },  /* LINGER */
+    { 15, 403 },  /* ACK */
+    { 16, 407 },  /* SESSIONS_REQUEST */
+    { 17, 424 },  /* SESSION_ENTRY */
+    { 18, 438 },  /* SESSIONS_END */
+    { 19, 451 },  /* LOG_REQUEST */
+    { 20, 463 },  /* LOG_LINE */
+    { 21, 472 },  /* LOG_END */
+    { 22, 480 },  /* USAGE */
+    { 24, 486 },  /* REEXEC */
+    { 0, 0 },
 };
 static const struct wire_code wire_error_names[] = {
-    { 1, "MALFORMED" },
-    { 2, "UNSUPPORTED_VERSION" },
-    { 3, "UNEXPECTED_MESSAGE" },
-    { 4, "NOT_PERMITTED" },
-    { 5, "UNKNOWN_USER" },
-    { 6, "START_FAILED" },
-    { 7, "TIMEOUT" },
-    { 8, "NO_SUCH_SESSION" },
-    { 9, "SHUTTING_DOWN" },
-    { 10, "INTERNAL" },
-    { 11, "LIMIT_REACHED" },
-    { 12, "LEADER_UNKNOWN" },
-    { 13, "REEXEC_REFUSED" },
-    { 0, NULL },
+    { 1, 493 },  /* MALFORMED */
+    { 2, 503 },  /* UNSUPPORTED_VERSION */
+    { 3, 523 },  /* UNEXPECTED_MESSAGE */
+    { 4, 542 },  /* NOT_PERMITTED */
+    { 5, 556 },  /* UNKNOWN_USER */
+    { 6, 569 },  /* START_FAILED */
+    { 7, 582 },  /* TIMEOUT */
+    { 8, 590 },  /* NO_SUCH_SESSION */
+    { 9, 606 },  /* SHUTTING_DOWN */
+    { 10, 620 },  /* INTERNAL */
+    { 11, 629 },  /* LIMIT_REACHED */
+    { 12, 643 },  /* LEADER_UNKNOWN */
+    { 13, 658 },  /* REEXEC_REFUSED */
+    { 0, 0 },
 };
 static const struct wire_code wire_end_names[] = {
-    { 1, "CLOSED" },
-    { 2, "LEADER_EXITED" },
-    { 3, "INSTANCE_FAILED" },
-    { 4, "SHUTDOWN" },
-    { 5, "TERMINATED" },
-    { 6, "ACCOUNT_CHANGED" },
-    { 0, NULL },
+    { 1, 326 },  /* CLOSED */
+    { 2, 673 },  /* LEADER_EXITED */
+    { 3, 687 },  /* INSTANCE_FAILED */
+    { 4, 703 },  /* SHUTDOWN */
+    { 5, 712 },  /* TERMINATED */
+    { 6, 723 },  /* ACCOUNT_CHANGED */
+    { 0, 0 },
 };
 
 #endif /* WIRE_TABLES */
