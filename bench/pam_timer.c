@@ -10,24 +10,11 @@
  * on one line.  bench/login_latency.py
  * builds and runs it: a Python PAM client cannot host pam_python.
  */
+#include "pam_app.h"
 #include <security/pam_appl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-
-static int answer_nothing(int n, const struct pam_message **msg, struct pam_response **resp, void *data)
-{
-    (void)n; (void)msg; (void)data;
-    *resp = NULL;
-    return PAM_CONV_ERR;
-}
-
-static long long now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
-}
 
 int main(int argc, char **argv)
 {
