@@ -324,8 +324,8 @@ static long checked_size(const struct wire_field *f, const struct wire_value *v,
         return 2 + (long)v->len;
     case WIRE_ENV:
         if (v->len > WIRE_MAX_ENV_ENTRIES)
-            return fail(err, "LocalProtocolError", "field '%s': %zu entries, limit %d", wire_name(f->name), v->len,
-                        WIRE_MAX_ENV_ENTRIES);
+            return fail(err, "LocalProtocolError", "field '%s': %zu entries, limit %d", wire_name(f->name),
+                        v->len, WIRE_MAX_ENV_ENTRIES);
         size = 2;
         for (size_t i = 0; i < v->len; i++) {
             const struct wire_pair *e = &v->pairs[i];
@@ -333,7 +333,8 @@ static long checked_size(const struct wire_field *f, const struct wire_value *v,
                 || check_str("env.value", e->value, e->value_len, WIRE_ENV_VALUE_LIMIT, err) < 0)
                 return -1;
             if (e->key_len == 0 || memchr(e->key, '=', e->key_len) != NULL)
-                return fail(err, "LocalProtocolError", "field '%s': bad key (empty, or with '=')", wire_name(f->name));
+                return fail(err, "LocalProtocolError", "field '%s': bad key (empty, or with '=')",
+                            wire_name(f->name));
             size += 4 + (long)(e->key_len + e->value_len);
         }
         return size;
