@@ -3,10 +3,11 @@
  * Bytes in, values out; values in, bytes out; no I/O.  Every constant and
  * every message's fields come from wire_table.h, generated from
  * common/wire.py (invoker/gen_wire_table.py, make -C invoker wire-table):
- * the format is written once, there.  The decoder refuses what common.wire refuses, with the same
- * kind of error (the Python class names: "BadMagic", "FieldTooLong", ...),
- * and the encoder writes the same bytes; tests/test_native.py holds both to
- * it through the test program wire_check.c.
+ * the format is written once, there.  The decoder refuses what common.wire
+ * refuses, with the same kind of error (the Python class names: "BadMagic",
+ * "FieldTooLong", ...), and the encoder writes the same bytes;
+ * tests/test_native.py holds both to it through the test program
+ * wire_check.c.
  */
 #ifndef BOOSTER_WIRE_H
 #define BOOSTER_WIRE_H

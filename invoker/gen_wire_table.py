@@ -98,17 +98,16 @@ def render() -> str:
             " * so the tables are read-only data that loading the module does not relocate. */",
             "#ifdef WIRE_TABLES", ""]
     names = Names()
-    rows, first = [], {}
+    rows, messages = [], []
     for type_, fields in sorted(wire.FIELDS.items()):
-        first[type_] = len(rows)
+        first = len(rows)
+        if first > 0xFFFF:
+            raise SystemExit(f"gen_wire_table: {first} fields do not fit a u16 index")
         name = wire.code_name("MSG_", type_)
-        for i, (field, kind, _default) in enumerate(fields):
+        for field, kind, _default in fields:
             ckind, limit = c_kind(field, kind)
             rows.append(f"    {{ {names.at(field)}, {ckind}, {limit} }},  /* {name}.{field} */")
-    if len(rows) > 0xFFFF:
-        raise SystemExit(f"gen_wire_table: {len(rows)} fields do not fit a u16 index")
-    messages = [f"    [{type_}] = {{ {names.at(wire.code_name('MSG_', type_))}, {len(wire.FIELDS[type_])}, "
-                f"{first[type_]} }},  /* {wire.code_name('MSG_', type_)} */" for type_ in sorted(wire.FIELDS)]
+        messages.append(f"    [{type_}] = {{ {names.at(name)}, {len(fields)}, {first} }},  /* {name} */")
     tables = []
     for prefix, table in CODE_KINDS:
         if table is None:

@@ -184,6 +184,7 @@ static const char wire_names[] =
     "pidns\0"
     "flags\0"
     "agent\0"
+    "HELLO\0"
     "user\0"
     "service\0"
     "tty\0"
@@ -191,55 +192,54 @@ static const char wire_names[] =
     "ruser\0"
     "leader_pid\0"
     "runtime_dir\0"
+    "OPEN_SESSION\0"
     "session_id\0"
     "timeout_ms\0"
+    "WAIT\0"
     "env\0"
+    "READY\0"
     "code\0"
     "text\0"
+    "ERROR\0"
+    "CLOSE_SESSION\0"
+    "CLOSED\0"
     "reason\0"
     "exit_status\0"
     "signal\0"
+    "ENDED\0"
+    "STATUS_REQUEST\0"
     "uid\0"
     "state\0"
     "sessions\0"
     "restarts\0"
     "backend\0"
     "detail\0"
+    "STATUS_ENTRY\0"
     "count\0"
     "pool\0"
+    "STATUS_END\0"
+    "PREWARM\0"
+    "TERMINATE\0"
     "enable\0"
+    "LINGER\0"
     "value\0"
+    "ACK\0"
+    "SESSIONS_REQUEST\0"
     "kind\0"
     "opened_ms\0"
+    "SESSION_ENTRY\0"
+    "SESSIONS_END\0"
     "lines\0"
+    "LOG_REQUEST\0"
     "seq\0"
     "time_ms\0"
+    "LOG_LINE\0"
+    "LOG_END\0"
     "rss\0"
     "cpu_ms\0"
     "started_ms\0"
     "processes\0"
     "source\0"
-    "HELLO\0"
-    "OPEN_SESSION\0"
-    "WAIT\0"
-    "READY\0"
-    "ERROR\0"
-    "CLOSE_SESSION\0"
-    "CLOSED\0"
-    "ENDED\0"
-    "STATUS_REQUEST\0"
-    "STATUS_ENTRY\0"
-    "STATUS_END\0"
-    "PREWARM\0"
-    "TERMINATE\0"
-    "LINGER\0"
-    "ACK\0"
-    "SESSIONS_REQUEST\0"
-    "SESSION_ENTRY\0"
-    "SESSIONS_END\0"
-    "LOG_REQUEST\0"
-    "LOG_LINE\0"
-    "LOG_END\0"
     "USAGE\0"
     "REEXEC\0"
     "MALFORMED\0"
@@ -266,129 +266,129 @@ static const struct wire_field wire_fields[] = {
     { 5, WIRE_U64, 0 },  /* HELLO.pidns */
     { 11, WIRE_U32, 0 },  /* HELLO.flags */
     { 17, WIRE_STR, 64 },  /* HELLO.agent */
-    { 23, WIRE_STR, 256 },  /* OPEN_SESSION.user */
-    { 28, WIRE_STR, 256 },  /* OPEN_SESSION.service */
-    { 36, WIRE_STR, 256 },  /* OPEN_SESSION.tty */
-    { 40, WIRE_STR, 1024 },  /* OPEN_SESSION.rhost */
-    { 46, WIRE_STR, 256 },  /* OPEN_SESSION.ruser */
-    { 52, WIRE_U32, 0 },  /* OPEN_SESSION.leader_pid */
+    { 29, WIRE_STR, 256 },  /* OPEN_SESSION.user */
+    { 34, WIRE_STR, 256 },  /* OPEN_SESSION.service */
+    { 42, WIRE_STR, 256 },  /* OPEN_SESSION.tty */
+    { 46, WIRE_STR, 1024 },  /* OPEN_SESSION.rhost */
+    { 52, WIRE_STR, 256 },  /* OPEN_SESSION.ruser */
+    { 58, WIRE_U32, 0 },  /* OPEN_SESSION.leader_pid */
     { 11, WIRE_U32, 0 },  /* OPEN_SESSION.flags */
-    { 63, WIRE_STR, 4095 },  /* OPEN_SESSION.runtime_dir */
-    { 75, WIRE_U64, 0 },  /* WAIT.session_id */
-    { 86, WIRE_U32, 0 },  /* WAIT.timeout_ms */
-    { 75, WIRE_U64, 0 },  /* READY.session_id */
-    { 97, WIRE_ENV, 0 },  /* READY.env */
-    { 101, WIRE_U16, 0 },  /* ERROR.code */
-    { 106, WIRE_STR, 1024 },  /* ERROR.text */
-    { 75, WIRE_U64, 0 },  /* CLOSE_SESSION.session_id */
-    { 23, WIRE_STR, 256 },  /* CLOSE_SESSION.user */
-    { 52, WIRE_U32, 0 },  /* CLOSE_SESSION.leader_pid */
-    { 75, WIRE_U64, 0 },  /* CLOSED.session_id */
-    { 75, WIRE_U64, 0 },  /* ENDED.session_id */
-    { 111, WIRE_U16, 0 },  /* ENDED.reason */
-    { 118, WIRE_I32, 0 },  /* ENDED.exit_status */
-    { 130, WIRE_U8, 0 },  /* ENDED.signal */
-    { 106, WIRE_STR, 1024 },  /* ENDED.text */
-    { 23, WIRE_STR, 256 },  /* STATUS_REQUEST.user */
-    { 137, WIRE_U32, 0 },  /* STATUS_ENTRY.uid */
-    { 23, WIRE_STR, 256 },  /* STATUS_ENTRY.user */
-    { 141, WIRE_STR, 32 },  /* STATUS_ENTRY.state */
+    { 69, WIRE_STR, 4095 },  /* OPEN_SESSION.runtime_dir */
+    { 94, WIRE_U64, 0 },  /* WAIT.session_id */
+    { 105, WIRE_U32, 0 },  /* WAIT.timeout_ms */
+    { 94, WIRE_U64, 0 },  /* READY.session_id */
+    { 121, WIRE_ENV, 0 },  /* READY.env */
+    { 131, WIRE_U16, 0 },  /* ERROR.code */
+    { 136, WIRE_STR, 1024 },  /* ERROR.text */
+    { 94, WIRE_U64, 0 },  /* CLOSE_SESSION.session_id */
+    { 29, WIRE_STR, 256 },  /* CLOSE_SESSION.user */
+    { 58, WIRE_U32, 0 },  /* CLOSE_SESSION.leader_pid */
+    { 94, WIRE_U64, 0 },  /* CLOSED.session_id */
+    { 94, WIRE_U64, 0 },  /* ENDED.session_id */
+    { 168, WIRE_U16, 0 },  /* ENDED.reason */
+    { 175, WIRE_I32, 0 },  /* ENDED.exit_status */
+    { 187, WIRE_U8, 0 },  /* ENDED.signal */
+    { 136, WIRE_STR, 1024 },  /* ENDED.text */
+    { 29, WIRE_STR, 256 },  /* STATUS_REQUEST.user */
+    { 215, WIRE_U32, 0 },  /* STATUS_ENTRY.uid */
+    { 29, WIRE_STR, 256 },  /* STATUS_ENTRY.user */
+    { 219, WIRE_STR, 32 },  /* STATUS_ENTRY.state */
     { 1, WIRE_U32, 0 },  /* STATUS_ENTRY.pid */
-    { 147, WIRE_U32, 0 },  /* STATUS_ENTRY.sessions */
-    { 156, WIRE_U32, 0 },  /* STATUS_ENTRY.restarts */
-    { 165, WIRE_STR, 32 },  /* STATUS_ENTRY.backend */
+    { 225, WIRE_U32, 0 },  /* STATUS_ENTRY.sessions */
+    { 234, WIRE_U32, 0 },  /* STATUS_ENTRY.restarts */
+    { 243, WIRE_STR, 32 },  /* STATUS_ENTRY.backend */
     { 11, WIRE_U32, 0 },  /* STATUS_ENTRY.flags */
-    { 118, WIRE_I32, 0 },  /* STATUS_ENTRY.exit_status */
-    { 130, WIRE_U8, 0 },  /* STATUS_ENTRY.signal */
-    { 173, WIRE_STR, 1024 },  /* STATUS_ENTRY.detail */
-    { 180, WIRE_U32, 0 },  /* STATUS_END.count */
-    { 186, WIRE_U32, 0 },  /* STATUS_END.pool */
-    { 23, WIRE_STR, 256 },  /* PREWARM.user */
-    { 23, WIRE_STR, 256 },  /* TERMINATE.user */
-    { 23, WIRE_STR, 256 },  /* LINGER.user */
-    { 191, WIRE_U8, 0 },  /* LINGER.enable */
-    { 198, WIRE_U32, 0 },  /* ACK.value */
-    { 106, WIRE_STR, 1024 },  /* ACK.text */
-    { 23, WIRE_STR, 256 },  /* SESSIONS_REQUEST.user */
-    { 75, WIRE_U64, 0 },  /* SESSION_ENTRY.session_id */
-    { 137, WIRE_U32, 0 },  /* SESSION_ENTRY.uid */
-    { 23, WIRE_STR, 256 },  /* SESSION_ENTRY.user */
-    { 28, WIRE_STR, 256 },  /* SESSION_ENTRY.service */
-    { 36, WIRE_STR, 256 },  /* SESSION_ENTRY.tty */
-    { 40, WIRE_STR, 1024 },  /* SESSION_ENTRY.rhost */
-    { 46, WIRE_STR, 256 },  /* SESSION_ENTRY.ruser */
-    { 52, WIRE_U32, 0 },  /* SESSION_ENTRY.leader_pid */
-    { 204, WIRE_STR, 32 },  /* SESSION_ENTRY.kind */
-    { 209, WIRE_U64, 0 },  /* SESSION_ENTRY.opened_ms */
+    { 175, WIRE_I32, 0 },  /* STATUS_ENTRY.exit_status */
+    { 187, WIRE_U8, 0 },  /* STATUS_ENTRY.signal */
+    { 251, WIRE_STR, 1024 },  /* STATUS_ENTRY.detail */
+    { 271, WIRE_U32, 0 },  /* STATUS_END.count */
+    { 277, WIRE_U32, 0 },  /* STATUS_END.pool */
+    { 29, WIRE_STR, 256 },  /* PREWARM.user */
+    { 29, WIRE_STR, 256 },  /* TERMINATE.user */
+    { 29, WIRE_STR, 256 },  /* LINGER.user */
+    { 311, WIRE_U8, 0 },  /* LINGER.enable */
+    { 325, WIRE_U32, 0 },  /* ACK.value */
+    { 136, WIRE_STR, 1024 },  /* ACK.text */
+    { 29, WIRE_STR, 256 },  /* SESSIONS_REQUEST.user */
+    { 94, WIRE_U64, 0 },  /* SESSION_ENTRY.session_id */
+    { 215, WIRE_U32, 0 },  /* SESSION_ENTRY.uid */
+    { 29, WIRE_STR, 256 },  /* SESSION_ENTRY.user */
+    { 34, WIRE_STR, 256 },  /* SESSION_ENTRY.service */
+    { 42, WIRE_STR, 256 },  /* SESSION_ENTRY.tty */
+    { 46, WIRE_STR, 1024 },  /* SESSION_ENTRY.rhost */
+    { 52, WIRE_STR, 256 },  /* SESSION_ENTRY.ruser */
+    { 58, WIRE_U32, 0 },  /* SESSION_ENTRY.leader_pid */
+    { 352, WIRE_STR, 32 },  /* SESSION_ENTRY.kind */
+    { 357, WIRE_U64, 0 },  /* SESSION_ENTRY.opened_ms */
     { 11, WIRE_U32, 0 },  /* SESSION_ENTRY.flags */
-    { 180, WIRE_U32, 0 },  /* SESSIONS_END.count */
-    { 23, WIRE_STR, 256 },  /* LOG_REQUEST.user */
-    { 219, WIRE_U32, 0 },  /* LOG_REQUEST.lines */
+    { 271, WIRE_U32, 0 },  /* SESSIONS_END.count */
+    { 29, WIRE_STR, 256 },  /* LOG_REQUEST.user */
+    { 394, WIRE_U32, 0 },  /* LOG_REQUEST.lines */
     { 11, WIRE_U32, 0 },  /* LOG_REQUEST.flags */
-    { 225, WIRE_U64, 0 },  /* LOG_LINE.seq */
-    { 229, WIRE_U64, 0 },  /* LOG_LINE.time_ms */
+    { 412, WIRE_U64, 0 },  /* LOG_LINE.seq */
+    { 416, WIRE_U64, 0 },  /* LOG_LINE.time_ms */
     { 11, WIRE_U32, 0 },  /* LOG_LINE.flags */
-    { 106, WIRE_STR, 65000 },  /* LOG_LINE.text */
-    { 180, WIRE_U32, 0 },  /* LOG_END.count */
-    { 106, WIRE_STR, 1024 },  /* LOG_END.text */
-    { 137, WIRE_U32, 0 },  /* USAGE.uid */
-    { 237, WIRE_U64, 0 },  /* USAGE.rss */
-    { 241, WIRE_U64, 0 },  /* USAGE.cpu_ms */
-    { 248, WIRE_U64, 0 },  /* USAGE.started_ms */
-    { 259, WIRE_U32, 0 },  /* USAGE.processes */
-    { 269, WIRE_STR, 32 },  /* USAGE.source */
+    { 136, WIRE_STR, 65000 },  /* LOG_LINE.text */
+    { 271, WIRE_U32, 0 },  /* LOG_END.count */
+    { 136, WIRE_STR, 1024 },  /* LOG_END.text */
+    { 215, WIRE_U32, 0 },  /* USAGE.uid */
+    { 441, WIRE_U64, 0 },  /* USAGE.rss */
+    { 445, WIRE_U64, 0 },  /* USAGE.cpu_ms */
+    { 452, WIRE_U64, 0 },  /* USAGE.started_ms */
+    { 463, WIRE_U32, 0 },  /* USAGE.processes */
+    { 473, WIRE_STR, 32 },  /* USAGE.source */
     { 11, WIRE_U32, 0 },  /* REEXEC.flags */
 };
 
 /* Indexed by the header's type byte; name 0: not a message type. */
 static const struct wire_message wire_messages[256] = {
-    [1] = { 276, 4, 0 },  /* HELLO */
-    [2] = { 282, 8, 4 },  /* OPEN_SESSION */
-    [3] = { 295, 2, 12 },  /* WAIT */
-    [4] = { 300, 2, 14 },  /* READY */
-    [5] = { 306, 2, 16 },  /* ERROR */
-    [6] = { 312, 3, 18 },  /* CLOSE_SESSION */
-    [7] = { 326, 1, 21 },  /* CLOSED */
-    [8] = { 333, 5, 22 },  /* ENDED */
-    [9] = { 339, 1, 27 },  /* STATUS_REQUEST */
-    [10] = { 354, 11, 28 },  /* STATUS_ENTRY */
-    [11] = { 367, 2, 39 },  /* STATUS_END */
-    [12] = { 378, 1, 41 },  /* PREWARM */
-    [13] = { 386, 1, 42 },  /* TERMINATE */
-    [14] = { 396, 2, 43 },  /* LINGER */
-    [15] = { 403, 2, 45 },  /* ACK */
-    [16] = { 407, 1, 47 },  /* SESSIONS_REQUEST */
-    [17] = { 424, 11, 48 },  /* SESSION_ENTRY */
-    [18] = { 438, 1, 59 },  /* SESSIONS_END */
-    [19] = { 451, 3, 60 },  /* LOG_REQUEST */
-    [20] = { 463, 4, 63 },  /* LOG_LINE */
-    [21] = { 472, 2, 67 },  /* LOG_END */
+    [1] = { 23, 4, 0 },  /* HELLO */
+    [2] = { 81, 8, 4 },  /* OPEN_SESSION */
+    [3] = { 116, 2, 12 },  /* WAIT */
+    [4] = { 125, 2, 14 },  /* READY */
+    [5] = { 141, 2, 16 },  /* ERROR */
+    [6] = { 147, 3, 18 },  /* CLOSE_SESSION */
+    [7] = { 161, 1, 21 },  /* CLOSED */
+    [8] = { 194, 5, 22 },  /* ENDED */
+    [9] = { 200, 1, 27 },  /* STATUS_REQUEST */
+    [10] = { 258, 11, 28 },  /* STATUS_ENTRY */
+    [11] = { 282, 2, 39 },  /* STATUS_END */
+    [12] = { 293, 1, 41 },  /* PREWARM */
+    [13] = { 301, 1, 42 },  /* TERMINATE */
+    [14] = { 318, 2, 43 },  /* LINGER */
+    [15] = { 331, 2, 45 },  /* ACK */
+    [16] = { 335, 1, 47 },  /* SESSIONS_REQUEST */
+    [17] = { 367, 11, 48 },  /* SESSION_ENTRY */
+    [18] = { 381, 1, 59 },  /* SESSIONS_END */
+    [19] = { 400, 3, 60 },  /* LOG_REQUEST */
+    [20] = { 424, 4, 63 },  /* LOG_LINE */
+    [21] = { 433, 2, 67 },  /* LOG_END */
     [22] = { 480, 6, 69 },  /* USAGE */
     [24] = { 486, 1, 75 },  /* REEXEC */
 };
 
 static const struct wire_code wire_message_names[] = {
-    { 1, 276 },  /* HELLO */
-    { 2, 282 },  /* OPEN_SESSION */
-    { 3, 295 },  /* WAIT */
-    { 4, 300 },  /* READY */
-    { 5, 306 },  /* ERROR */
-    { 6, 312 },  /* CLOSE_SESSION */
-    { 7, 326 },  /* CLOSED */
-    { 8, 333 },  /* ENDED */
-    { 9, 339 },  /* STATUS_REQUEST */
-    { 10, 354 },  /* STATUS_ENTRY */
-    { 11, 367 },  /* STATUS_END */
-    { 12, 378 },  /* PREWARM */
-    { 13, 386 },  /* TERMINATE */
-    { 14, 396 },  /* LINGER */
-    { 15, 403 },  /* ACK */
-    { 16, 407 },  /* SESSIONS_REQUEST */
-    { 17, 424 },  /* SESSION_ENTRY */
-    { 18, 438 },  /* SESSIONS_END */
-    { 19, 451 },  /* LOG_REQUEST */
-    { 20, 463 },  /* LOG_LINE */
-    { 21, 472 },  /* LOG_END */
+    { 1, 23 },  /* HELLO */
+    { 2, 81 },  /* OPEN_SESSION */
+    { 3, 116 },  /* WAIT */
+    { 4, 125 },  /* READY */
+    { 5, 141 },  /* ERROR */
+    { 6, 147 },  /* CLOSE_SESSION */
+    { 7, 161 },  /* CLOSED */
+    { 8, 194 },  /* ENDED */
+    { 9, 200 },  /* STATUS_REQUEST */
+    { 10, 258 },  /* STATUS_ENTRY */
+    { 11, 282 },  /* STATUS_END */
+    { 12, 293 },  /* PREWARM */
+    { 13, 301 },  /* TERMINATE */
+    { 14, 318 },  /* LINGER */
+    { 15, 331 },  /* ACK */
+    { 16, 335 },  /* SESSIONS_REQUEST */
+    { 17, 367 },  /* SESSION_ENTRY */
+    { 18, 381 },  /* SESSIONS_END */
+    { 19, 400 },  /* LOG_REQUEST */
+    { 20, 424 },  /* LOG_LINE */
+    { 21, 433 },  /* LOG_END */
     { 22, 480 },  /* USAGE */
     { 24, 486 },  /* REEXEC */
     { 0, 0 },
@@ -410,7 +410,7 @@ static const struct wire_code wire_error_names[] = {
     { 0, 0 },
 };
 static const struct wire_code wire_end_names[] = {
-    { 1, 326 },  /* CLOSED */
+    { 1, 161 },  /* CLOSED */
     { 2, 673 },  /* LEADER_EXITED */
     { 3, 687 },  /* INSTANCE_FAILED */
     { 4, 703 },  /* SHUTDOWN */
