@@ -455,6 +455,22 @@ class ClientConnection:
     # --- events from elsewhere in the booster -------------------------------------------
 
     def session_ended(self, frame: p.Ended) -> None:
+        """Tell the client its session ended.  A connection that waits carrying
+        it is told at once, here: ahead of whatever the booster writes next
+        (the CLOSED of the close_session that ended it, whose application may
+        then exit before this connection's task would have run)."""
+        if self.phase == "carrying" and self.inbox.empty() and not self._held and self._remote_error is None:
+            data = self.proto.send(frame)
+            if self._held_out:
+                data, self._held_out = self._held_out + data, b""
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = len(data)  # gone: its task finds out
+            self.inbox.put_nowait(("ended-sent", data[sent:]))
+            return
         self.inbox.put_nowait(("ended", frame))
 
     def shutdown(self) -> None:
@@ -581,10 +597,15 @@ class ClientConnection:
             sent = 0
         except OSError:
             raise _Gone() from None
-        if sent == len(data):
+        await self._send_rest(data[sent:])
+
+    async def _send_rest(self, rest: bytes) -> None:
+        """What of a frame the socket did not take at once, through the loop
+        (and the bound on a client that does not read)."""
+        if not rest:
             return
         try:
-            await asyncio.wait_for(self.loop.sock_sendall(self.sock, data[sent:]), SEND_TIMEOUT)
+            await asyncio.wait_for(self.loop.sock_sendall(self.sock, rest), SEND_TIMEOUT)
         except (OSError, asyncio.TimeoutError):
             raise _Gone() from None
 
@@ -814,6 +835,9 @@ class ClientConnection:
                 return
             if kind == "ended":
                 await self.send(value)
+                return
+            if kind == "ended-sent":  # written by session_ended; here what the socket did not take
+                await self._send_rest(value)
                 return
             if kind == "shutdown":
                 self.booster.end_session(session, None)
@@ -1108,8 +1132,12 @@ def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes) -> tu
         if session is None:
             return None  # the usual path says NO_SUCH_SESSION
         # Ended right after the answer is written, in this same turn of the
-        # loop (nothing else runs in between; ending it cannot fail).
+        # loop (nothing else runs in between; ending it cannot fail); a
+        # session a connection carries, before it, so that the carrier has
+        # its ENDED before the closer's application can go on and exit.
         reply, state = wire.encode(wire.MSG_CLOSED, (session.id,), checked=True), p.State.DONE
+        if session.conn is not None:
+            booster.end_session(session, p.EndReason.CLOSED, log=False)
     else:
         return None
     answer = _server_hello(cred.pid > 0)[1] + reply
@@ -1125,7 +1153,7 @@ def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes) -> tu
         except OSError:
             pass  # it has gone: the disconnect finds out
     if state == p.State.DONE:
-        booster.end_session(session, p.EndReason.CLOSED, log=False)  # logged with the close, below
+        booster.end_session(session, p.EndReason.CLOSED, log=False)  # logged with the close, below; idempotent
     else:
         booster.enter_session(session, account, req)
     # The rest is the connection's (``ClientConnection.take_answer``): what

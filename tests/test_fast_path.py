@@ -204,3 +204,51 @@ def test_a_root_peer_that_has_not_written_is_carried_by_a_reexec(booster_factory
             quiet.close()
             holder.disconnect()
         wait_gone(u.uid)
+
+
+@pytest.mark.parametrize("when", ["at once", "split"])
+def test_a_carried_session_hears_its_end_before_its_closer_hears_closed(booster_factory, when):
+    """A session a connection carries, closed from another connection (a PAM
+    application's close_session from another PID namespace, say): its ENDED
+    is in the carrier's socket by the time the closer reads CLOSED, on either
+    path, so the application that closed it cannot go on and exit before the
+    carrier has heard why its session ended."""
+    b = booster_factory("runit")
+    with pamkit.temp_user() as u:
+        install_autostart(u, "runit")
+        carrier = Client(b.socket, "test-carry")
+        session_id, _ = carrier.open_session(u.name, leader_pid=os.getpid(), flags=w.OPEN_KEEP_CONNECTION)
+        watched = socket.fromfd(carrier.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
+        closer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            closer.settimeout(10)
+            closer.connect(b.socket)
+            hello = hello_of("close_session")
+            request = w.encode(w.MSG_CLOSE_SESSION, (session_id, u.name, os.getpid()))
+            if when == "split":  # the usual path
+                closer.sendall(hello)
+                time.sleep(0.05)
+                closer.sendall(request)
+            else:
+                closer.sendall(hello + request)
+            buf, frames = bytearray(), []
+            while len(frames) < 2:
+                data = closer.recv(65536)
+                assert data, frames
+                buf += data
+                while (frame := w.next_frame(buf)) is not None:
+                    frames.append(frame)
+            assert [t for t, _ in frames] == [w.MSG_HELLO, w.MSG_CLOSED], frames
+            try:  # now, without waiting
+                heard = bytearray(watched.recv(65536, socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                heard = bytearray()
+            ended = w.next_frame(heard)
+            assert ended is not None and ended[0] == w.MSG_ENDED, heard
+            assert ended[1][:2] == (session_id, w.END_CLOSED), ended
+        finally:
+            closer.close()
+            watched.close()
+            carrier.close()
+        wait_gone(u.uid)
+    assert "Traceback" not in b.log()
