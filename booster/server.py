@@ -460,16 +460,8 @@ class ClientConnection:
         (the CLOSED of the close_session that ended it, whose application may
         then exit before this connection's task would have run)."""
         if self.phase == "carrying" and self.inbox.empty() and not self._held and self._remote_error is None:
-            data = self.proto.send(frame)
-            if self._held_out:
-                data, self._held_out = self._held_out + data, b""
-            try:
-                sent = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                sent = len(data)  # gone: its task finds out
-            self.inbox.put_nowait(("ended-sent", data[sent:]))
+            rest = self._write_now(frame)
+            self.inbox.put_nowait(("ended-sent", rest or b""))  # None: gone, its task finds out
             return
         self.inbox.put_nowait(("ended", frame))
 
@@ -586,18 +578,26 @@ class ClientConnection:
             # The client broke the protocol (bytes after its request, say): the
             # exchange is over by its doing, not ours.
             raise Refused(self._remote_error.code, str(self._remote_error))
+        rest = self._write_now(msg)
+        if rest is None:
+            raise _Gone()
+        await self._send_rest(rest)
+
+    def _write_now(self, msg: p.Message) -> bytes | None:
+        """``msg`` sent (the protocol state moves), behind what of our HELLO
+        is held: what the socket does not take at once, or None if the
+        connection is broken.  A frame nearly always fits the socket buffer
+        whole: only the rest, if any, needs the loop."""
         data = self.proto.send(msg)
         if self._held_out:
             data, self._held_out = self._held_out + data, b""
         try:
-            # A frame nearly always fits the socket buffer whole: only the rest, if
-            # any, needs the loop (and the bound on a client that does not read).
             sent = self.sock.send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
-            raise _Gone() from None
-        await self._send_rest(data[sent:])
+            return None
+        return data[sent:]
 
     async def _send_rest(self, rest: bytes) -> None:
         """What of a frame the socket did not take at once, through the loop
