@@ -432,8 +432,9 @@ class Booster:
         user = self.user_of(account)
         session.user = user
         self.sessions[session.id] = session
-        session.ready.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
         user.add_session(session)
+        if not session.ready.done():  # one done already holds its environment, and no exception
+            session.ready.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
         user.begin(req.runtime_dir, bool(req.flags & p.OpenFlags.NO_RUNDIR))
 
     def log_opened(self, session: Session) -> None:

@@ -266,7 +266,6 @@ class UserInstance:
             self.restarts = 0
             self._runtime_hint, self._no_rundir = runtime_dir_hint, no_rundir
             self.task = asyncio.get_running_loop().create_task(self._run(), name=f"user-{self.account.name}")
-        self._changed.set()
 
     def serves_at_once(self, account: Account) -> bool:
         """Would a login of ``account`` get READY at once (the instance ready,
@@ -275,19 +274,28 @@ class UserInstance:
                 and self.takeover is None and len(self.sessions) < self.config.max_sessions_per_user
                 and (account is self.account or not changes(self.account, account)))
 
+    # The lifecycle waits on ``_changed`` for what decides whether an instance
+    # is wanted (``wanted``): sessions or none, linger, a pre-warm, a stop.  A
+    # session beside others changes none of it, so it does not wake the
+    # lifecycle: a warm login next to another session costs the loop no turn
+    # of the user's task, and its end none either.
+
     def add_session(self, session: Session) -> None:
+        first = not self.sessions
         self.sessions[session.id] = session
         if self.prewarm_until is not None:
             self._log.info("pre-warmed instance claimed", session=session.id)
             self.prewarm_until = None
+            first = True
         if self.state in (UserState.READY, UserState.IDLE):
             if self.state is UserState.IDLE:
                 self._set(UserState.READY)
             session.ready.set_result(self.login_env())
-        self._changed.set()
+        if first:
+            self._changed.set()
 
     def remove_session(self, session: Session) -> None:
-        if self.sessions.pop(session.id, None) is not None:
+        if self.sessions.pop(session.id, None) is not None and not self.sessions:
             self._changed.set()
 
     def prewarm(self, timeout: float) -> bool:
