@@ -1152,6 +1152,11 @@ def fast_answer(booster, sock: socket.socket, cred: PeerCred, data: bytes) -> tu
             sock.shutdown(socket.SHUT_WR)  # the client's orderly disconnect finds our end-of-file at once
         except OSError:
             pass  # it has gone: the disconnect finds out
+        # The client woken by the answer is often queued on our CPU (a wake-up
+        # by a socket write hints that the writer is about to sleep), where it
+        # would wait for the rest of this turn of the loop: the session made
+        # known below, the connection's object, its log lines.  It goes first.
+        os.sched_yield()
     if state == p.State.DONE:
         booster.end_session(session, p.EndReason.CLOSED, log=False)  # logged with the close, below; idempotent
     else:
