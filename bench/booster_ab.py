@@ -13,6 +13,9 @@ through a stack of ``pam_permit`` alone: ``pam_open_session`` and
 ``pam_close_session`` + ``pam_end`` inside a C application
 (``bench/pam_timer.c``), then, in another shuffled order, pamtester's wall
 time.  What differs between the two booster rows is the booster's code.
+The last column is each booster's CPU time over the rounds (all its threads,
+from /proc), per round: an open and a close, then an open whose session
+ends when pamtester exits.
 """
 
 from __future__ import annotations
@@ -48,14 +51,43 @@ def install_revision(rev: str, work: str) -> list[str]:
     return [python, str(venv / "bin" / "booster")]
 
 
+def short_rev(rev: str) -> str:
+    return subprocess.run(["git", "-C", str(harness.REPO), "rev-parse", "--short", rev],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def start_pair(before_command: list[str], boosters: list) -> None:
+    """REV's booster (``before_command``), then this install's, each with the
+    same configuration, started; each is put in ``boosters`` as it is made,
+    for the caller to stop."""
+    for command in (before_command, None):
+        b = harness.new_booster("dinit", start=False, log_level="warning", login_timeout=20)
+        boosters.append(b)
+        if command:
+            b.program = command
+        b.start()
+
+
+def cpu_ns(pid: int) -> int:
+    """The CPU time of process ``pid``, all its threads, in nanoseconds
+    (/proc/PID/task/*/schedstat, first field)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+        except FileNotFoundError:
+            pass  # a thread that has just ended
+    return total
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", required=True, metavar="REV", help="the earlier revision")
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--json", help="where to write the JSON result (default bench/results/booster_ab.json)")
     args = parser.parse_args()
-    rev = subprocess.run(["git", "-C", str(harness.REPO), "rev-parse", "--short", args.before],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    rev = short_rev(args.before)
     work = tempfile.mkdtemp(prefix="bt-ab-", dir="/tmp")
     os.chmod(work, 0o755)
     boosters, stand_in = [], None
@@ -63,12 +95,7 @@ def main() -> int:
         before_command = install_revision(args.before, work)
         timer = ll.build_timer(work)
         harness.build_native()
-        for command in (before_command, None):
-            b = harness.new_booster("dinit", start=False, log_level="warning", login_timeout=20)
-            boosters.append(b)
-            if command:
-                b.program = command
-            b.start()
+        start_pair(before_command, boosters)
         stand_in, stand_in_sock = ll.start_stand_in(work)
         with contextlib.ExitStack() as stack:
             users = [stack.enter_context(pamkit.temp_user("bab")) for _ in boosters]
@@ -85,6 +112,7 @@ def main() -> int:
             }
             holders = [ll.hold(b, u.name) for b, u in zip(boosters, users)]
             opens, closes, walls = ({name: [] for name in cases} for _ in range(3))
+            cpu_before = [cpu_ns(b.pid) for b in boosters]
             for _ in range(args.rounds):
                 for name in random.sample(list(cases), len(cases)):
                     service, user = cases[name]
@@ -96,6 +124,8 @@ def main() -> int:
                     service, user = cases[name]
                     walls[name].append(ll.pamtester(service, user.name, "open_session"))
                     time.sleep(0.01)
+            time.sleep(0.1)  # the last pamtester's session ended (its leader exited)
+            cpu = [(cpu_ns(b.pid) - before) / args.rounds / 1000 for b, before in zip(boosters, cpu_before)]
             for holder in holders:
                 holder.close()
     finally:
@@ -112,13 +142,16 @@ def main() -> int:
         o, c, w = benchlib.summary(opens[name]), benchlib.summary(closes[name]), benchlib.summary(walls[name])
         rows.append({"case": name, "pam_open_session": o, "close_and_end": c, "pamtester_open": w,
                      "x_pam_permit": round(w["median_ms"] / floor, 3)})
+    for row, us in zip(rows, cpu):
+        row["booster_cpu_per_round_us"] = round(us)
     print(benchlib.table(
         f"A warm native login, two boosters side by side ({args.rounds} rounds; ms, medians; p95 in brackets)",
-        ["case", "pam_open_session", "close + end", "pamtester open", "x pam_permit"],
+        ["case", "pam_open_session", "close + end", "pamtester open", "x pam_permit", "booster CPU/round"],
         [[r["case"], f"{r['pam_open_session']['median_ms']:.3f} ({r['pam_open_session']['p95_ms']:.2f})",
           f"{r['close_and_end']['median_ms']:.3f} ({r['close_and_end']['p95_ms']:.2f})",
           f"{r['pamtester_open']['median_ms']:.2f} ({r['pamtester_open']['p95_ms']:.2f})",
-          f"{r['x_pam_permit']:.3f}"] for r in rows]))
+          f"{r['x_pam_permit']:.3f}",
+          f"{r['booster_cpu_per_round_us']} us" if "booster_cpu_per_round_us" in r else ""] for r in rows]))
     out = benchlib.save("booster_ab", {"before": rev, "rounds": args.rounds, "rows": rows}, args.json)
     print(f"\nJSON: {out}")
     return 0
