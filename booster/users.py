@@ -18,7 +18,8 @@ for ``stop_delay`` after the last session (IDLE).  FAILED keeps, for
 pre-warm starts a new lifecycle from there.
 
 One task per lifecycle drives it (``_run``); everything else only adds or
-removes sessions, changes what the instance is wanted for, and wakes it.
+removes sessions and changes what the instance is wanted for, and wakes it
+when whether it is wanted may have changed (not for a session beside others).
 A lifecycle parks in two places: watching a running instance, and waiting to
 restart one.  There a reexec can take it over (``to_handover``): the new
 code's task picks it up where it was (``from_handover``, ``resume``).
@@ -281,17 +282,17 @@ class UserInstance:
     # of the user's task, and its end none either.
 
     def add_session(self, session: Session) -> None:
-        first = not self.sessions
+        wake = not self.sessions  # the first session
         self.sessions[session.id] = session
         if self.prewarm_until is not None:
             self._log.info("pre-warmed instance claimed", session=session.id)
             self.prewarm_until = None
-            first = True
+            wake = True
         if self.state in (UserState.READY, UserState.IDLE):
             if self.state is UserState.IDLE:
                 self._set(UserState.READY)
             session.ready.set_result(self.login_env())
-        if first:
+        if wake:
             self._changed.set()
 
     def remove_session(self, session: Session) -> None:
