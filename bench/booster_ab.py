@@ -124,7 +124,7 @@ def main() -> int:
                     service, user = cases[name]
                     walls[name].append(ll.pamtester(service, user.name, "open_session"))
                     time.sleep(0.01)
-            time.sleep(0.1)  # the last pamtester's session ended (its leader exited)
+            time.sleep(0.1)  # time for the last pamtester's session to end (its leader has exited), counted in
             cpu = [(cpu_ns(b.pid) - before) / args.rounds / 1000 for b, before in zip(boosters, cpu_before)]
             for holder in holders:
                 holder.close()
