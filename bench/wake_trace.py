@@ -153,7 +153,8 @@ def main() -> int:
             "connect_to_answer": benchlib.summary([x["answer_us"] / 1e6 for x in mine]),
             "queued_on_the_boosters_cpu": len(same),
             "answer_to_running": benchlib.summary([x["ran_us"] / 1e6 for x in mine]),
-            "answer_to_running_when_queued_there": benchlib.summary([x["ran_us"] / 1e6 for x in same]) if same else None,
+            "answer_to_running_when_queued_there":
+                benchlib.summary([x["ran_us"] / 1e6 for x in same]) if same else None,
         })
     print(benchlib.table(
         f"A warm native login as the scheduler saw it ({args.rounds} rounds; µs, medians; p95 in brackets)",
