@@ -41,6 +41,7 @@ import harness
 import leaks
 import pamkit
 import psutil
+from booster.peers import start_ticks
 from common import protocol as p
 from invoker.client import Client, ClientError
 
@@ -147,7 +148,7 @@ class Soak:
         if warm:
             with contextlib.suppress(psutil.Error):
                 proc = psutil.Process(warm[0]["pid"])
-                if proc.create_time() == warm[0]["started"] and proc.ppid() == self.pid:
+                if start_ticks(proc.pid) == warm[0]["start_ticks"] and proc.ppid() == self.pid:
                     proc.kill()
 
     # --- the run ------------------------------------------------------------------------

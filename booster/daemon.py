@@ -39,7 +39,7 @@ from booster.linger import LingerError, LingerStore
 from booster.peers import identify_leader, start_ticks, still_parent
 from booster.pool import WarmPool
 from booster.pool import check as pool_check
-from booster.reaper import Reaper, start_time
+from booster.reaper import Reaper
 from booster.server import ClientConnection, Listener, Refused
 from booster.succession import StateDir, record
 from booster.users import KILL_GRACE, Session, UserInstance, UserState, session_kind
@@ -113,7 +113,7 @@ class Booster:
                              pam_service=config.instance_pam_service)
         self.leaders = None
         self.listener = Listener(self, config.socket)
-        self.started = start_time(os.getpid())
+        self.start_ticks = start_ticks(os.getpid())
         self.linger_store = LingerStore(config.linger_dir)
         self.lingering: set[str] = set(config.linger)
 

@@ -48,7 +48,8 @@ import _signal
 
 import booster
 from booster import cgroups, log
-from booster.reaper import ExitStatus, Reaper, start_time
+from booster.peers import start_ticks
+from booster.reaper import ExitStatus, Reaper
 from booster.spawn import EXIT_SETUP, ORDER_FD, reset_signals, warm_child_main
 
 _DEATHS_WINDOW = 10.0  # seconds; more than 3 * pool_size deaths in it pauses refilling
@@ -94,27 +95,31 @@ class WarmChild:
     ``cgroup`` the cgroup it moves itself into (None without cgroups);
     ``code`` the ``code_stamp`` of when it started."""
 
-    __slots__ = ("pid", "sock", "cgroup", "_started", "code")
+    __slots__ = ("pid", "sock", "cgroup", "_ticks", "code")
 
     def __init__(self, pid: int, sock: socket.socket, cgroup: str | None, code: str = "") -> None:
-        self.pid, self.sock, self.cgroup, self._started, self.code = pid, sock, cgroup, None, code
+        self.pid, self.sock, self.cgroup, self._ticks, self.code = pid, sock, cgroup, None, code
 
     def to_handover(self, fds) -> dict:
         return {"pid": self.pid, "fd": fds.carry(self.sock.fileno()), "cgroup": self.cgroup,
-                "started": self._started, "code": self.code}
+                "start_ticks": self._ticks, "code": self.code}
 
     @classmethod
     def from_handover(cls, data: dict, fds) -> "WarmChild":
         child = cls(data["pid"], fds.take_socket(data["fd"]), data["cgroup"], data.get("code", ""))
-        child._started = data.get("started")
+        # From a release that recorded a wall-clock start time instead: read
+        # afresh (the child is still ours, unreaped, so the pid is still it).
+        ticks = data.get("start_ticks")
+        child._ticks = ticks if type(ticks) is int else None
         return child
 
     @property
-    def started(self) -> float | None:
-        """Its start time (psutil's create_time), for the state file."""
-        if self._started is None:
-            self._started = start_time(self.pid)
-        return self._started
+    def start_ticks(self) -> int | None:
+        """When it started, in clock ticks since boot (with the pid, its
+        identity), for the state file."""
+        if self._ticks is None:
+            self._ticks = start_ticks(self.pid)
+        return self._ticks
 
 
 def start_child(booster_pid: int, cgroup_base: str | None = None, pam_service: str = "") -> WarmChild:

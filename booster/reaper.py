@@ -15,8 +15,6 @@ import os
 import signal
 from typing import Callable
 
-import psutil
-
 from booster import log
 from booster.prctl import PR_SET_CHILD_SUBREAPER, prctl
 
@@ -42,15 +40,6 @@ class ExitStatus:
                 name = str(self.signal)
             return f"killed by {name}"
         return f"exited with status {self.code}"
-
-
-def start_time(pid: int) -> float | None:
-    """When ``pid`` started (psutil's create_time): with the pid, it tells a
-    process from a later one that reuses the number.  None if it is gone."""
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
 
 
 class Reaper:

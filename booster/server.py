@@ -942,7 +942,7 @@ class ClientConnection:
         usages = None
         if self.hello.flags & p.HelloFlags.WANT_USAGE:
             # /proc and cgroupfs reads for every instance: off the event loop.
-            instances = [(u.process.pid, u.process.create_time, u.process.cgroup)
+            instances = [(u.process.pid, u.process.start_ticks, u.process.cgroup)
                          if u.process is not None and u.process.alive else (0, None, None) for u in users]
             usages = await asyncio.to_thread(usage.measure_all, instances)
         for i, user in enumerate(users):

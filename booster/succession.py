@@ -26,7 +26,7 @@ import os
 import psutil
 
 from booster import log, rundir, safefs
-from booster.reaper import start_time
+from booster.peers import start_ticks
 from booster.users import KILL_GRACE
 
 STATE_FILE = "state.json"
@@ -123,8 +123,8 @@ class StateDir:
         killed = []
         if old:
             for entry in _records(old, "instances") + _records(old, "warm"):
-                pid, started, uid = entry.get("pid"), entry.get("started"), entry.get("uid", 0)
-                if _same_process(pid, started, uid):
+                pid, uid = entry.get("pid"), entry.get("uid", 0)
+                if _same_process(pid, entry, uid):
                     killed += _kill_tree(pid)
         if cgroups is not None:
             for path in cgroups.leftovers():
@@ -199,11 +199,11 @@ def record(booster) -> dict:
         instances.append({
             "uid": user.account.uid, "gid": user.account.gid, "user": user.account.name,
             "state": user.state.value,
-            "pid": proc.pid if proc else None, "started": proc.create_time if proc else None,
+            "pid": proc.pid if proc else None, "start_ticks": proc.start_ticks if proc else None,
             "rundir": user.managed_rundir,
         })
-    warm = [{"pid": child.pid, "started": child.started} for child in booster.pool.children()]
-    return {"pid": os.getpid(), "started": booster.started, "backend": booster.backend.name,
+    warm = [{"pid": child.pid, "start_ticks": child.start_ticks} for child in booster.pool.children()]
+    return {"pid": os.getpid(), "start_ticks": booster.start_ticks, "backend": booster.backend.name,
             "cgroup": booster.cgroups.base if booster.cgroups else None,
             "instances": instances, "warm": warm}
 
@@ -226,12 +226,25 @@ def _rundir_of(pattern: str, uid: int, gid) -> str | None:
     return rundir.expand(pattern, uid, gid)
 
 
-def _same_process(pid, started, uid) -> bool:
-    """Is ``pid`` still the process recorded (same start time, same real uid), and
-    running?  An exited one waiting for pid 1 to reap it needs no killing."""
-    if not _int(pid) or pid <= 1 or not _int(uid) or type(started) not in (int, float):
+def _same_process(pid, entry: dict, uid) -> bool:
+    """Is ``pid`` still the process ``entry`` records (same start, same real
+    uid), and running?  An exited one waiting for pid 1 to reap it needs no
+    killing.  The start is its clock ticks since boot, which no change of the
+    wall clock moves; a record of an older release has only a wall-clock start
+    time ("started"), compared as that release did."""
+    if not _int(pid) or pid <= 1 or not _int(uid):
         return False
-    if start_time(pid) != started:
+    ticks, started = entry.get("start_ticks"), entry.get("started")
+    try:
+        if _int(ticks):
+            if start_ticks(pid) != ticks:
+                return False
+        elif type(started) in (int, float) and "start_ticks" not in entry:
+            if psutil.Process(pid).create_time() != started:
+                return False
+        else:
+            return False
+    except psutil.Error:
         return False
     try:
         proc = psutil.Process(pid)

@@ -27,6 +27,8 @@ import os
 
 import psutil
 
+from booster.peers import start_ticks
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Usage:
@@ -88,14 +90,19 @@ def _rss_and_cpu(procs) -> tuple[int, float, int]:
     return rss, cpu, counted
 
 
-def measure(pid: int, started: float | None, cgroup: str | None) -> Usage:
-    """The usage of the instance ``pid`` that started at ``started`` (psutil's
-    create_time: a later process with the same pid is not measured), in the
+def measure(pid: int, ticks: int | None, cgroup: str | None) -> Usage:
+    """The usage of the instance ``pid`` that started ``ticks`` clock ticks
+    after boot (a later process with the same pid is not measured), in the
     cgroup directory ``cgroup`` if it has one."""
+    if ticks is None:
+        return NONE
     try:
         instance = psutil.Process(pid)
-        if started is None or instance.create_time() != started:
+        # Checked after: the instance started before and lives (it has the pid
+        # now), so it is the process psutil found.
+        if start_ticks(pid) != ticks:
             return NONE
+        started = instance.create_time()  # the wall-clock time, as shown
     except psutil.Error:
         return NONE
     started_ms = int(started * 1000)
@@ -128,5 +135,5 @@ def _processes(pids: list[int]) -> list[psutil.Process]:
 
 
 def measure_all(instances) -> list[Usage]:
-    """``measure`` for each ``(pid, started, cgroup)``; ``NONE`` where pid is 0."""
-    return [measure(pid, started, cgroup) if pid else NONE for pid, started, cgroup in instances]
+    """``measure`` for each ``(pid, ticks, cgroup)``; ``NONE`` where pid is 0."""
+    return [measure(pid, ticks, cgroup) if pid else NONE for pid, ticks, cgroup in instances]

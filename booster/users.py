@@ -44,7 +44,7 @@ from booster.backends.base import CarriedLaunch, InstanceSpec, Launch, StartErro
 from booster.output import READ_CHUNK, OutputLimiter, displayable, escape
 from booster.output_buffer import OutputBuffer
 from booster.peers import start_ticks
-from booster.reaper import ExitStatus, start_time
+from booster.reaper import ExitStatus
 from booster.spawn import NO_RETRY_CODES, SpawnOrder, send_order
 from common import loginenv
 from common import protocol as p
@@ -161,7 +161,7 @@ class InstanceProcess:
         self.cgroup = cgroup  # the cgroup it runs in (below the cgroup2 mount), if any
         self.exited: asyncio.Future[ExitStatus] = loop.create_future()
         self.started = time.monotonic()
-        self._create_time = None
+        self._start_ticks = None
         self.last_output: collections.deque[str] = collections.deque(maxlen=3)
         self.output_fd: int | None = None        # the read end of its stdout and stderr, while open
         self.output: OutputLimiter | None = None  # what reads it
@@ -174,14 +174,15 @@ class InstanceProcess:
         # Reaped already (its lifecycle has yet to see it): how it ended goes along.
         status = self.exited.result() if self.exited.done() else None
         return {"pid": self.pid, "cgroup": self.cgroup, "argv": list(self.launch.argv), "started": self.started,
-                "create_time": self._create_time, "last_output": list(self.last_output), "output": output,
+                "start_ticks": self._start_ticks, "last_output": list(self.last_output), "output": output,
                 "exit": None if status is None else [status.code, status.signal]}
 
     @classmethod
     def from_handover(cls, data: dict, loop, fds) -> "InstanceProcess":
         proc = cls(data["pid"], CarriedLaunch(tuple(data["argv"])), loop, data["cgroup"])
         proc.started = data["started"]
-        proc._create_time = data.get("create_time")
+        ticks = data.get("start_ticks")  # absent from an older release's: read afresh (unreaped, still ours)
+        proc._start_ticks = ticks if type(ticks) is int else None
         proc.last_output.extend(data.get("last_output", ()))
         proc.carried_output = data.get("output")
         if proc.carried_output:
@@ -199,11 +200,13 @@ class InstanceProcess:
         return text
 
     @property
-    def create_time(self) -> float | None:
-        """Its start time (psutil's), for the state file: read when first needed."""
-        if self._create_time is None and self.alive:
-            self._create_time = start_time(self.pid)
-        return self._create_time
+    def start_ticks(self) -> int | None:
+        """When it started, in clock ticks since boot (with the pid, its
+        identity, which no change of the wall clock moves), for the state file
+        and usage readings: read when first needed."""
+        if self._start_ticks is None and self.alive:
+            self._start_ticks = start_ticks(self.pid)
+        return self._start_ticks
 
     def on_exit(self, status: ExitStatus) -> None:
         if not self.exited.done():

@@ -48,6 +48,7 @@ from conftest import (BOOSTER, INVOKER, PAM_MODULE, PYTHON, as_user, exec_servic
                       new_booster, wait_gone)
 from harness import _toml
 from test_rundir import instance_env, refused_login
+from booster.peers import start_ticks
 from common import protocol as p
 from invoker.client import Client, Refused, query_status
 
@@ -309,7 +310,7 @@ def test_an_output_flood_costs_the_log_little_and_no_raw_control_byte(booster_fa
 
 def forged_state(root_pid: int, canary: str) -> str:
     return json.dumps({"pid": 1, "instances": [
-        {"uid": 0, "gid": 0, "user": "root", "pid": root_pid, "started": psutil.Process(root_pid).create_time(),
+        {"uid": 0, "gid": 0, "user": "root", "pid": root_pid, "start_ticks": start_ticks(root_pid),
          "rundir": canary}], "warm": []})
 
 
@@ -383,8 +384,9 @@ def test_a_successor_acts_only_on_records_the_live_system_confirms(booster_facto
         before = fingerprint(canary)
         roots = subprocess.Popen(["sleep", "1000"])
         users = subprocess.Popen(["sleep", "1000"], user=u.uid, group=u.gid, extra_groups=[])
+        older = subprocess.Popen(["sleep", "1000"], user=u.uid, group=u.gid, extra_groups=[])
         try:
-            users_sleep = psutil.Process(users.pid)
+            users_sleep, olders_sleep = psutil.Process(users.pid), psutil.Process(older.pid)
             leftover = b.rundir(u.uid)           # a runtime directory the old booster made
             theirs = b.rundir(stranger.uid)      # at rundir_path, but not the stranger's any more
             for path, owner in ((leftover, u), (theirs, u)):
@@ -392,12 +394,19 @@ def test_a_successor_acts_only_on_records_the_live_system_confirms(booster_facto
                 with open(os.path.join(path, "f"), "w"):
                     pass
                 os.chown(path, owner.uid, owner.gid)
-            started = psutil.Process(roots.pid).create_time()
-            state = {"pid": 1, "warm": [{"pid": roots.pid, "started": started + 1000}], "instances": [
-                {"uid": 4242, "gid": 0, "pid": roots.pid, "started": started, "rundir": canary},  # uid wrong
-                {"uid": 0, "gid": 0, "pid": roots.pid, "started": started - 5, "rundir": None},   # start time wrong
-                {"uid": u.uid, "gid": u.gid, "pid": users_sleep.pid, "started": users_sleep.create_time(),
-                 "rundir": leftover},                                                           # confirmed
+            ticks, started = start_ticks(roots.pid), psutil.Process(roots.pid).create_time()
+            state = {"pid": 1, "warm": [{"pid": roots.pid, "start_ticks": ticks + 100000}], "instances": [
+                {"uid": 4242, "gid": 0, "pid": roots.pid, "start_ticks": ticks, "rundir": canary},  # uid wrong
+                {"uid": 0, "gid": 0, "pid": roots.pid, "start_ticks": ticks - 1, "started": started,
+                 "rundir": None},                                          # start wrong (the wall clock's ignored)
+                {"uid": 0, "gid": 0, "pid": roots.pid, "started": started - 5, "rundir": None},  # an older release's, wrong
+                # Confirmed: its start in ticks, though the wall clock has since
+                # moved a second (as after a clock step, when /proc/stat's btime moves).
+                {"uid": u.uid, "gid": u.gid, "pid": users_sleep.pid, "start_ticks": start_ticks(users_sleep.pid),
+                 "started": users_sleep.create_time() - 1.0, "rundir": leftover},
+                # Confirmed: an older release's record, by its wall-clock start time.
+                {"uid": u.uid, "gid": u.gid, "pid": olders_sleep.pid, "started": olders_sleep.create_time(),
+                 "rundir": None},
                 {"uid": stranger.uid, "gid": stranger.gid, "pid": None, "rundir": theirs},
                 {"uid": u.uid, "gid": u.gid, "pid": "1", "rundir": "/etc"},
             ]}
@@ -406,15 +415,16 @@ def test_a_successor_acts_only_on_records_the_live_system_confirms(booster_facto
             b.start()
             b.wait_log("cleaned up after a previous booster")
             assert roots.poll() is None
-            pamkit.wait_for(lambda: not users_sleep.is_running() or users_sleep.status() == psutil.STATUS_ZOMBIE,
-                            10, desc="the confirmed instance ended")
+            for confirmed in (users_sleep, olders_sleep):
+                pamkit.wait_for(lambda: not confirmed.is_running() or confirmed.status() == psutil.STATUS_ZOMBIE,
+                                10, desc="the confirmed instances ended")
             assert not os.path.lexists(leftover)
             assert os.path.exists(os.path.join(theirs, "f"))  # not the stranger's: left
             assert fingerprint(canary) == before
             assert os.path.isdir("/etc")
             assert "not rundir_path of its user" in b.log()
         finally:
-            for proc in (roots, users):
+            for proc in (roots, users, older):
                 proc.kill()
                 proc.wait()
             shutil.rmtree(b.rundir(stranger.uid), ignore_errors=True)

@@ -55,6 +55,7 @@ import pytest
 
 import leaks
 import pamkit
+from booster.peers import start_ticks
 from conftest import INVOKER, install_autostart
 from test_namespaces import invokers_below, live_descendants, pam_log_service, placed_factory  # noqa: F401
 from test_namespaces import ns_kit  # noqa: F401 - fixture
@@ -298,7 +299,7 @@ class Cell:
         warm = self.b.state_file()["warm"]
         assert warm, self.b.state_file()
         proc = psutil.Process(warm[0]["pid"])  # host placement: the state file's pids are ours
-        assert proc.create_time() == warm[0]["started"] and proc.ppid() == self.placed.pid
+        assert start_ticks(proc.pid) == warm[0]["start_ticks"] and proc.ppid() == self.placed.pid
         return proc
 
     # --- afterwards ---------------------------------------------------------------------

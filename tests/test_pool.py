@@ -4,7 +4,7 @@ the pool refills; ``pool_size = 0`` still serves; a killed warm child is
 replaced; warm children never outlive the booster (SIGTERM, SIGKILL).
 
 The booster's view comes from its state file (``state_dir/state.json``, its
-``warm`` list of pids with start times) and from ``booster status`` (``pool``);
+``warm`` list of pids with their start in clock ticks since boot) and from ``booster status`` (``pool``);
 the processes themselves from /proc.  Every test runs on each backend.
 """
 
@@ -16,17 +16,18 @@ import signal
 import psutil
 
 import pamkit
+from booster.peers import start_ticks
 from conftest import exec_service, instance_of, wait_gone
 
 POOL = 2
 
 
-def warm_entries(b) -> dict[int, float]:
-    """pid -> start time of the warm children the booster's state file lists."""
-    return {entry["pid"]: entry["started"] for entry in b.state_file()["warm"]}
+def warm_entries(b) -> dict[int, int]:
+    """pid -> start (ticks) of the warm children the booster's state file lists."""
+    return {entry["pid"]: entry["start_ticks"] for entry in b.state_file()["warm"]}
 
 
-def live_warm_children(b) -> dict[int, float]:
+def live_warm_children(b) -> dict[int, int | None]:
     """The booster's children that are not user instances: its warm children
     as /proc shows them (running as root, not zombies)."""
     instances = {u["pid"] for u in b.status()["users"] if u["pid"]}
@@ -36,21 +37,18 @@ def live_warm_children(b) -> dict[int, float]:
             if child.pid in instances or child.status() == psutil.STATUS_ZOMBIE:
                 continue
             if child.uids().real == 0:
-                out[child.pid] = child.create_time()
+                out[child.pid] = start_ticks(child.pid)
         except psutil.NoSuchProcess:
             continue
     return out
 
 
-def same_process(pid: int, started: float) -> bool:
-    """``pid`` is still the process that started at ``started`` (not a reuse)."""
-    try:
-        return psutil.Process(pid).create_time() == started
-    except psutil.NoSuchProcess:
-        return False
+def same_process(pid: int, ticks: int) -> bool:
+    """``pid`` is still the process that started at ``ticks`` (not a reuse)."""
+    return start_ticks(pid) == ticks
 
 
-def pool_full(b, size: int = POOL, exclude: set[int] = frozenset()) -> dict[int, float] | None:
+def pool_full(b, size: int = POOL, exclude: set[int] = frozenset()) -> dict[int, int] | None:
     """The warm children, once status, the state file and /proc all agree that
     there are ``size`` of them (none of ``exclude``); else None."""
     if b.status()["pool"] != size:
@@ -58,14 +56,14 @@ def pool_full(b, size: int = POOL, exclude: set[int] = frozenset()) -> dict[int,
     listed = warm_entries(b)
     if len(listed) != size or set(listed) & set(exclude):
         return None
-    if not all(same_process(pid, started) for pid, started in listed.items()):
+    if not all(same_process(pid, ticks) for pid, ticks in listed.items()):
         return None
     if set(live_warm_children(b)) != set(listed):
         return None
     return listed
 
 
-def wait_pool_full(b, size: int = POOL, exclude: set[int] = frozenset(), timeout: float = 10.0) -> dict[int, float]:
+def wait_pool_full(b, size: int = POOL, exclude: set[int] = frozenset(), timeout: float = 10.0) -> dict[int, int]:
     try:
         return pamkit.wait_for(lambda: pool_full(b, size, exclude), timeout,
                                desc=f"a full warm pool of {size} in status, state.json and /proc")
@@ -96,7 +94,7 @@ def test_login_takes_a_warm_child_and_the_pool_refills(booster_factory, backend,
         # The instance is one of the warm children that existed before the login:
         # same pid, same start time (the child exec'd, it was not forked anew).
         assert pid in warm, (pid, warm, b.log())
-        assert psutil.Process(pid).create_time() == warm[pid]
+        assert start_ticks(pid) == warm[pid]
         status = pamkit.proc_status(pid)
         assert status.num("PPid") == b.pid
         assert status.ints("Uid") == [user.uid] * 4
@@ -149,7 +147,7 @@ def test_killed_warm_child_is_replaced(booster_factory, backend, user):
     # And a login takes one of the children that are warm now.
     with exec_service(b) as svc, pamkit.HeldSession(svc, user.name) as held:
         pid = instance_of(b, user.name)
-        assert pid in replaced and psutil.Process(pid).create_time() == replaced[pid]
+        assert pid in replaced and start_ticks(pid) == replaced[pid]
         held.close()
     wait_gone(user.uid)
 
