@@ -32,6 +32,11 @@ that ratios between them hold on a noisy machine.  Three tables:
 Each cold login of tables 2 and 3 starts with the warm pool full and its
 children waiting (the pool refills after a login has gone by).
 
+Table 1's targets are printed with a 95 % interval each (the bootstrap: the
+run's rounds drawn again, whole, 2000 times), which says whether a value
+near its limit is over or under it by more than the run's own noise; every
+row's samples go into the JSON result in the order of the rounds.
+
     sudo .venv/bin/python bench/login_latency.py [--rounds 30] [--gap-ms 20] [--only pam|booster|pool]
 """
 
@@ -44,6 +49,7 @@ import os
 import random
 import select
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -191,7 +197,8 @@ def direct_dinit(user: pamkit.TempUser, gen: Path) -> float:
 
 def measure(cases: dict, rounds: int) -> dict:
     """``cases`` maps a row to a function returning seconds; one untimed warm-up
-    each, then ``rounds`` rounds in shuffled order."""
+    each, then ``rounds`` rounds in shuffled order.  Each row keeps its samples
+    in the order of the rounds (``samples_ms``), for ``intervals``."""
     samples = {name: [] for name in cases}
     for fn in cases.values():
         fn()
@@ -200,7 +207,36 @@ def measure(cases: dict, rounds: int) -> dict:
         random.shuffle(order)
         for name in order:
             samples[name].append(cases[name]())
-    return {name: benchlib.summary(s) for name, s in samples.items()}
+    return {name: with_samples(s) for name, s in samples.items()}
+
+
+def with_samples(samples_s: list[float]) -> dict:
+    return {**benchlib.summary(samples_s), "samples_ms": [round(x * 1000, 4) for x in samples_s]}
+
+
+def intervals(rows: list[dict], targets, draws: int = 2000, seed: int = 1) -> list[tuple[float, float]]:
+    """A 95 % interval for each value ``targets(rows)`` gives, by the bootstrap:
+    the run's rounds drawn again with replacement ``draws`` times, each draw's
+    medians put through ``targets``.  The rows were measured side by side,
+    round after round, so a round is drawn whole: row i's sample of round k
+    goes with row j's of the same round, and what the machine did in that
+    round (a slow moment for both) stays paired as it was."""
+    rounds = {len(r["samples_ms"]) for r in rows}
+    if len(rounds) != 1:
+        raise ValueError(f"rows of different lengths ({sorted(rounds)}) cannot be drawn round by round")
+    n = rounds.pop()
+    rng = random.Random(seed)
+    drawn = []
+    for _ in range(draws):
+        picks = [rng.randrange(n) for _ in range(n)]
+        again = [{**r, "median_ms": statistics.median([r["samples_ms"][k] for k in picks])} for r in rows]
+        drawn.append([value for _, value, _, _ in targets(again)])
+    low, high = round(0.025 * draws), round(0.975 * draws) - 1
+    out = []
+    for i in range(len(drawn[0])):
+        ordered = sorted(values[i] for values in drawn)
+        out.append((ordered[low], ordered[high]))
+    return out
 
 
 # --- 1. PAM time ------------------------------------------------------------------------------
@@ -361,7 +397,7 @@ def pam_table(rounds: int, gap: float) -> list[dict]:
             got = measure(cases, rounds)
             for name, mode in (("exec", "pam_exec"), ("python", "pam_python"), ("native", "native")):
                 # [1:]: measure() calls each case once untimed first
-                got[(mode, "pre-warm of a cold user", "pam_acct_mgmt")] = benchlib.summary(accounts[name][1:])
+                got[(mode, "pre-warm of a cold user", "pam_acct_mgmt")] = with_samples(accounts[name][1:])
             for client in holders:
                 client.disconnect()
             holders.clear()
@@ -522,9 +558,12 @@ def main() -> int:
                                r["median_ms"] / floor if r["ops"] == "pamtester open" else "",
                                r["median_ms"] / permit if r["ops"] == "pamtester open" else ""] for r in rows]))
         targets = pam_targets(rows)
-        print("\ntargets:")
-        for name, value, limit, met in targets:
-            print(f"  {name}: {value:.2f} (target <= {limit:g}) {'met' if met else 'NOT MET'}")
+        spans = intervals(rows, pam_targets)
+        print("\ntargets (each with a 95 % interval from the run's rounds drawn again, 2000 times):")
+        for (name, value, limit, met), (low, high) in zip(targets, spans):
+            straddles = "; the interval holds the target's limit" if low <= limit <= high else ""
+            print(f"  {name}: {value:.3f} ({low:.3f} to {high:.3f}; target <= {limit:g}) "
+                  f"{'met' if met else 'NOT MET'}{straddles}")
         stand_in = stand_in_reference(rows)
         print(f"\nreference, a C stand-in that answers at once (the module's own cost): warm login "
               f"{stand_in['warm_over_floor']:.2f} of the floor, close + end +{stand_in['close_over_floor_ms']:.2f} ms "
@@ -536,8 +575,9 @@ def main() -> int:
         result["pam"] = rows
         result["prewarm_balance"] = balance
         result["stand_in_reference"] = stand_in
-        result["pam_targets"] = [{"target": n, "value": round(v, 3), "limit": lim, "met": met}
-                                 for n, v, lim, met in targets]
+        result["pam_targets"] = [{"target": n, "value": round(v, 3), "interval": [round(low, 3), round(high, 3)],
+                                  "limit": lim, "met": met}
+                                 for (n, v, lim, met), (low, high) in zip(targets, spans)]
     if args.only in (None, "booster"):
         rows = booster_table(args.rounds)
         base = next(r["median_ms"] for r in rows if r["case"].startswith("dinit"))
