@@ -123,9 +123,8 @@ class StateDir:
         killed = []
         if old:
             for entry in _records(old, "instances") + _records(old, "warm"):
-                pid, uid = entry.get("pid"), entry.get("uid", 0)
-                if _same_process(pid, entry, uid):
-                    killed += _kill_tree(pid)
+                if _same_process(entry):
+                    killed += _kill_tree(entry["pid"])
         if cgroups is not None:
             for path in cgroups.leftovers():
                 if cgroups.populated(path):
@@ -226,29 +225,26 @@ def _rundir_of(pattern: str, uid: int, gid) -> str | None:
     return rundir.expand(pattern, uid, gid)
 
 
-def _same_process(pid, entry: dict, uid) -> bool:
-    """Is ``pid`` still the process ``entry`` records (same start, same real
-    uid), and running?  An exited one waiting for pid 1 to reap it needs no
-    killing.  The start is its clock ticks since boot, which no change of the
-    wall clock moves; a record of an older release has only a wall-clock start
-    time ("started"), compared as that release did."""
+def _same_process(entry: dict) -> bool:
+    """Is the process ``entry`` records still there (the same pid, start and
+    real uid; warm children: uid 0), and running?  An exited one waiting for
+    pid 1 to reap it needs no killing.  The start is its clock ticks since
+    boot, which no change of the wall clock moves; a record of an older
+    release has only a wall-clock start time ("started"), compared as that
+    release did."""
+    pid, uid = entry.get("pid"), entry.get("uid", 0)
     if not _int(pid) or pid <= 1 or not _int(uid):
         return False
     ticks, started = entry.get("start_ticks"), entry.get("started")
     try:
+        proc = psutil.Process(pid)
         if _int(ticks):
-            if start_ticks(pid) != ticks:
-                return False
+            same = start_ticks(pid) == ticks
         elif type(started) in (int, float) and "start_ticks" not in entry:
-            if psutil.Process(pid).create_time() != started:
-                return False
+            same = proc.create_time() == started
         else:
             return False
-    except psutil.Error:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        return proc.uids().real == uid and proc.status() != psutil.STATUS_ZOMBIE
+        return same and proc.uids().real == uid and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 
